@@ -1,0 +1,74 @@
+"""Project settings: YAML files under ``configs/`` plus environment variables (and ``.env``).
+
+Every part of the project reads its configuration through this module so that a user changes a
+value in one place. YAML files are validated strictly: an unknown key is an error that names the
+key and the file, because a typo that is silently ignored is worse than a crash.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from dotenv import load_dotenv
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+CONFIG_DIR = PROJECT_ROOT / "configs"
+
+# .env never overrides variables already set in the process environment (CI, Airflow, shells).
+load_dotenv(PROJECT_ROOT / ".env", override=False)
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the problem and the fix."""
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    """Read an environment variable, treating an empty string as unset."""
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Load a YAML mapping from ``path`` (absolute, or relative to the project or ``configs/``)."""
+    candidate = Path(path)
+    if not candidate.is_absolute() and not candidate.exists():
+        for base in (PROJECT_ROOT, CONFIG_DIR):
+            if (base / candidate).exists():
+                candidate = base / candidate
+                break
+    if not candidate.exists():
+        raise ConfigError(f"config file {path} not found; pass a path under {CONFIG_DIR}")
+    with candidate.open() as handle:
+        data = yaml.safe_load(handle) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {candidate} must hold a mapping at the top level")
+    return data
+
+
+def check_keys(section: dict[str, Any], allowed: set[str] | dict[str, Any], where: str) -> None:
+    """Raise ConfigError naming every key of ``section`` that is not in ``allowed``."""
+    unknown = sorted(set(section) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} in {where}; allowed keys are {sorted(allowed)}"
+        )
+
+
+def merge(defaults: dict[str, Any], overrides: dict[str, Any], where: str) -> dict[str, Any]:
+    """Deep-merge ``overrides`` into ``defaults``, rejecting keys the defaults do not define."""
+    check_keys(overrides, defaults, where)
+    merged = dict(defaults)
+    for key, value in overrides.items():
+        if isinstance(defaults[key], dict) and isinstance(value, dict) and defaults[key]:
+            merged[key] = merge(defaults[key], value, f"{where}.{key}")
+        else:
+            merged[key] = value
+    return merged
+
+
+def data_config() -> dict[str, Any]:
+    """The market-data settings (pairs, timeframes, default ranges) from ``configs/data.yaml``."""
+    return load_yaml(CONFIG_DIR / "data.yaml")

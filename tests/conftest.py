@@ -1,0 +1,91 @@
+"""Shared fixtures: a throwaway PostgreSQL database per test session and the shared candle data.
+
+The database server is the one named by ``TEST_DATABASE_URL`` (CI sets it to the PostgreSQL at
+127.0.0.1:5432), else the embedded pgserver. Each session creates a fresh database, points
+``DATABASE_URL`` at it (so subprocesses, dbt and Airflow tasks use it too) and drops it afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, make_url, text
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED_1H = SHARED_DATA / "binance_spot_1h_2017_2022"
+SHARED_1D = SHARED_DATA / "binance_spot_1d_2017_2022"
+
+
+def _server_url() -> str:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        return url.replace("postgresql://", "postgresql+psycopg2://", 1)
+    import db
+
+    return db.embedded_url()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    """URL of a fresh database for this test session; DATABASE_URL points at it meanwhile."""
+    server = make_url(_server_url())
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = server.set(database=name).render_as_string(hide_password=False)
+    previous = os.environ.get("DATABASE_URL")
+    os.environ["DATABASE_URL"] = url
+    try:
+        yield url
+    finally:
+        if previous is None:
+            os.environ.pop("DATABASE_URL", None)
+        else:
+            os.environ["DATABASE_URL"] = previous
+        import db
+
+        for engine in list(db._engines.values()):
+            engine.dispose()
+        db._engines.clear()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def engine(database_url):
+    """A migrated SQLAlchemy engine on the session's database."""
+    import db
+
+    return db.get_engine(database_url)
+
+
+def require_shared_data(path: Path = SHARED_DATA) -> Path:
+    """Return ``path``; skip the test when it is missing, but fail under CI where it must exist."""
+    if not path.exists():
+        reason = (
+            f"{path} is missing: these tests replay the real Binance candles kept in ../shared/data "
+            "beside the repository (not shipped with a clone)"
+        )
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_1h() -> Path:
+    return require_shared_data(SHARED_1H)
+
+
+@pytest.fixture(scope="session")
+def shared_1d() -> Path:
+    return require_shared_data(SHARED_1D)
