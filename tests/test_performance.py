@@ -121,3 +121,27 @@ def test_table_formats_every_metric():
     for name in metrics.METRIC_NAMES:
         assert name in text
     json.dumps(table)  # plain floats
+
+
+def test_write_report(tmp_path):
+    market = toy_market(seed=5, n_bars=120)
+    recs = perf.run_benchmarks(market, {"initial_cash": CASH, "fee_rate": FEE})
+    agent = recs["equal_weight_rebalanced"]
+    agent.name = "agent"
+    agent.calls = np.random.default_rng(0).integers(-1, 2, (market.n_bars, market.n_pairs))
+    records = {"agent": agent, **recs}
+    table = perf.write_report(tmp_path, records, 8760.0, market.close, title="toy")
+    for name in ("metrics.json", "equity.csv", "report.html", "equity.png", "drawdowns.png", "allocation.png",
+                 "contribution.png", "calls.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    data = json.loads((tmp_path / "metrics.json").read_text())
+    assert data["periods_per_year"] == 8760.0
+    for name in ("agent", *perf.BENCHMARKS):
+        assert set(data[name]) == set(metrics.METRIC_NAMES)
+    assert data["cash"]["sharpe"] is None  # undefined (flat curve) -> null, never NaN in JSON
+    assert table["agent"]["total_return"] == pytest.approx(data["agent"]["total_return"])
+    lines = (tmp_path / "equity.csv").read_text().splitlines()
+    assert lines[0] == "open_time_ms,agent," + ",".join(perf.BENCHMARKS)
+    assert len(lines) == market.n_bars + 1
+    html = (tmp_path / "report.html").read_text()
+    assert 'src="calls.png"' in html and "max_drawdown" in html
