@@ -127,7 +127,9 @@ def trading_rules_from_markets(
         elif precision_mode == _CCXT_TICK_SIZE:
             step = float(amount_precision)
         else:
-            raise ValueError(f"precision mode {precision_mode} is not supported (TICK_SIZE or DECIMAL_PLACES)")
+            raise ValueError(
+                f"precision mode {precision_mode} is not supported (TICK_SIZE or DECIMAL_PLACES)"
+            )
         limits = market.get("limits") or {}
         steps.append(step)
         min_qty.append(float((limits.get("amount") or {}).get("min") or 0.0))
@@ -135,8 +137,18 @@ def trading_rules_from_markets(
     return TradingRules(np.array(steps), np.array(min_qty), np.array(min_notional))
 
 
-def _per_pair(value: float | Mapping[str, float] | Sequence[float] | np.ndarray | None, symbols: Sequence[str],
-              name: str) -> np.ndarray:
+def trading_rules_from_exchange(exchange: Any, symbols: Sequence[str]) -> TradingRules:
+    """`trading_rules_from_markets` for a ccxt exchange whose markets are loaded."""
+    if not getattr(exchange, "markets", None):
+        raise ValueError("the exchange has no markets: call exchange.load_markets() first")
+    return trading_rules_from_markets(exchange.markets, symbols, exchange.precisionMode)
+
+
+def _per_pair(
+    value: float | Mapping[str, float] | Sequence[float] | np.ndarray | None,
+    symbols: Sequence[str],
+    name: str,
+) -> np.ndarray:
     """One rule value per pair from None (0 everywhere), a scalar, a mapping or a sequence."""
     n = len(symbols)
     if value is None:
@@ -185,15 +197,22 @@ class Portfolio:
             raise ValueError(f"symbols must be non-empty and unique, got {self.symbols}")
         n = len(self.symbols)
         self.n_pairs = n
-        for name, val in (("initial_cash", initial_cash), ("fee_rate", fee_rate), ("slippage_bps", slippage_bps),
-                          ("impact_bps", impact_bps), ("max_slippage_bps", max_slippage_bps),
-                          ("weight_tol", weight_tol)):
+        for name, val in (
+            ("initial_cash", initial_cash),
+            ("fee_rate", fee_rate),
+            ("slippage_bps", slippage_bps),
+            ("impact_bps", impact_bps),
+            ("max_slippage_bps", max_slippage_bps),
+            ("weight_tol", weight_tol),
+        ):
             if not (math.isfinite(val) and val >= 0.0):
                 raise ValueError(f"{name} must be finite and non-negative, got {val}")
         if fee_rate >= 1.0:
             raise ValueError(f"fee_rate is a fraction (0.001 = 10 bps), got {fee_rate}")
         if max_slippage_bps >= 10_000.0:
-            raise ValueError(f"max_slippage_bps must stay below 10000 (a sell at price 0), got {max_slippage_bps}")
+            raise ValueError(
+                f"max_slippage_bps must stay below 10000 (a sell at price 0), got {max_slippage_bps}"
+            )
         if not (math.isfinite(impact_exponent) and impact_exponent > 0.0):
             raise ValueError(f"impact_exponent must be positive, got {impact_exponent}")
         self.initial_cash = float(initial_cash)
@@ -214,7 +233,9 @@ class Portfolio:
         self.min_notional = _per_pair(min_notional, self.symbols, "min_notional")
         self._has_step = self.lot_step > 0.0
         self._step_safe = np.where(self._has_step, self.lot_step, 1.0)
-        self._rules_on = bool(self._has_step.any() or (self.min_qty > 0).any() or (self.min_notional > 0).any())
+        self._rules_on = bool(
+            self._has_step.any() or (self.min_qty > 0).any() or (self.min_notional > 0).any()
+        )
         self.reset()
 
     # ------------------------------------------------------------------ construction helpers
@@ -265,6 +286,7 @@ class Portfolio:
         self._ones = np.ones(n)
         self.last_fees = self._zeros
         self.last_slippage = self._zeros
+        self.last_buy_scale = 1.0  # < 1 when the last rebalance scaled its buys down for lack of cash
         self._log_n = 0
         self._log_cap = 0
         self._log_ts = np.empty(0, dtype=np.int64)
@@ -349,7 +371,9 @@ class Portfolio:
         if w.min() < 0.0:
             bad = [self._label(i) for i in np.flatnonzero(w < 0.0)]
             raise ValueError(f"target weights must be non-negative (long-only, no leverage); negative: {bad}")
-        raise ValueError(f"target weights must sum to 1 within {self.weight_tol} (pairs then cash), got {total!r}")
+        raise ValueError(
+            f"target weights must sum to 1 within {self.weight_tol} (pairs then cash), got {total!r}"
+        )
 
     def _label(self, i: int) -> str:
         return self.symbols[i] if i < self.n_pairs else "cash"
@@ -405,6 +429,7 @@ class Portfolio:
         if self._rules_on:
             dq = self._apply_rules(dq, p)
         fill_price, notional, fee, slippage_cost, new_cash = self._costs(dq, p, vol)
+        self.last_buy_scale = 1.0
 
         if new_cash < 0.0:
             # Shortfall: sells (positive flows) fund the buys; scale every buy by one factor. Costs
@@ -414,6 +439,7 @@ class Portfolio:
             available = cash + float(flow[~buying].sum())
             needed = -float(flow[buying].sum())
             scale = max(available, 0.0) / needed * (1.0 - _SHORTFALL_MARGIN)
+            self.last_buy_scale = scale
             dq = np.where(buying, dq * scale, dq)
             if self._rules_on:
                 dq = self._apply_rules(dq, p)
@@ -455,8 +481,9 @@ class Portfolio:
         return fill_price, notional, fee, slippage_cost, new_cash
 
     # ------------------------------------------------------------------ fill log
-    def _record(self, dq: np.ndarray, price: np.ndarray, fee: np.ndarray, slip: np.ndarray,
-                ts_ms: int | None) -> None:
+    def _record(
+        self, dq: np.ndarray, price: np.ndarray, fee: np.ndarray, slip: np.ndarray, ts_ms: int | None
+    ) -> None:
         i = self._log_n
         if i == self._log_cap:  # grow geometrically: amortized O(1) per rebalance
             cap = max(256, 2 * self._log_cap)

@@ -230,7 +230,9 @@ class Position:
             raise ValueError(f"cannot sell {qty} {self.symbol}: only {self.qty} held (long-only)")
         self._fill(-qty, price, fee, ts_ms, slippage_cost)
 
-    def _fill(self, signed_qty: float, price: float, fee: float, ts_ms: int | None, slippage_cost: float) -> None:
+    def _fill(
+        self, signed_qty: float, price: float, fee: float, ts_ms: int | None, slippage_cost: float
+    ) -> None:
         if not self._standalone:
             raise RuntimeError("this position belongs to a Portfolio: trade through Portfolio.rebalance")
         if not (math.isfinite(price) and price > 0.0):
