@@ -62,59 +62,64 @@ def make_portfolio(symbols: Sequence[str], portfolio_cfg: Mapping[str, Any] | No
 
 
 class Recorder:
-    """Builds a `BacktestRecord` bar by bar from a `Portfolio` that someone else trades.
+    """Builds a `BacktestRecord` from a `Portfolio` that someone else trades, one call per bar.
 
-    Call `bar(t, fills)` once per bar after that bar's rebalance (``fills=None`` when nothing was
-    rebalanced), with the portfolio as it stands; the weights before are taken from the previous
-    bar's holdings marked at this bar's open.
+    Call `bar(t, fills)` once per bar t after that bar's rebalance at the open (``fills=None`` when
+    nothing traded). The loop only copies the holdings; weights, equity and per-pair PnL are derived
+    in `record` with array operations, which keeps a year of hourly bars cheap.
     """
 
     def __init__(self, name: str, market: MarketData, portfolio: Portfolio) -> None:
         steps, n = market.n_bars, market.n_pairs
         self.name, self.market, self.portfolio = name, market, portfolio
-        self.equity = np.empty(steps)
-        self.w_before = np.empty((steps, n + 1))
-        self.w_after = np.empty((steps, n + 1))
+        self.initial_value = float(portfolio.value(market.open[0]))
+        self.initial_cash = float(portfolio.cash)
+        self.initial_qty = portfolio.qty.copy()
+        self.qty = np.zeros((steps, n))  # holdings after bar t's rebalance
+        self.cash = np.zeros(steps)
         self.fees = np.zeros((steps, n))
-        self.pnl = np.zeros((steps, n))
+        self.flow = np.zeros((steps, n))  # quote paid into each pair at bar t's open (sells negative)
         self.calls: np.ndarray | None = None
-        self._prev_held = np.zeros(n)  # quote value of each position at the previous close
         self._n = 0
 
-    def before(self, t: int) -> None:
-        """Snapshot the weights at bar t's open, before any rebalance (call it first in each bar)."""
-        self.w_before[t] = self.portfolio.weights(self.market.open[t])
-
-    def after(self, t: int, fees: np.ndarray | None = None, trade_flow: np.ndarray | None = None) -> None:
-        """Record bar t after its rebalance: weights held, fees, per-pair PnL and the close mark.
-
-        ``trade_flow`` is the quote spent per pair (qty * fill price, sells negative), ``fees`` the
-        fees per pair; both None when nothing traded.
-        """
-        pf, close = self.portfolio, self.market.close[t]
-        self.w_after[t] = pf.weights(self.market.open[t])
-        held = pf.qty * close
-        self.equity[t] = pf.cash + float(held.sum())
-        flow = 0.0 if trade_flow is None else trade_flow
-        fee = 0.0 if fees is None else fees
-        if fees is not None:
-            self.fees[t] = fees
-        # The change of a position's value minus what was paid into it: cash itself earns nothing.
-        self.pnl[t] = held - self._prev_held - flow - fee
-        self._prev_held = held
+    def bar(self, t: int, fills: Any = None) -> None:
+        """Record bar t's holdings after its rebalance; ``fills`` is the `Fills` it returned, if any."""
+        self.qty[t] = self.portfolio.qty
+        self.cash[t] = self.portfolio.cash
+        if fills is not None:
+            self.fees[t] = fills.fee
+            self.flow[t] = fills.qty * fills.price
         self._n = t + 1
 
     def record(self) -> BacktestRecord:
+        """The recorded bars as a `BacktestRecord`."""
         n = self._n
+        m = self.market
+        qty, cash, fees, flow = self.qty[:n], self.cash[:n], self.fees[:n], self.flow[:n]
+        open_, close = m.open[:n], m.close[:n]
+        qty_prev = np.vstack((self.initial_qty[None, :], qty[:-1]))
+        cash_prev = np.concatenate(([self.initial_cash], cash[:-1]))
+
+        def weights(q: np.ndarray, c: np.ndarray, p: np.ndarray) -> np.ndarray:
+            held = q * p
+            total = c + held.sum(axis=1)
+            w = np.column_stack((held, c))
+            safe = np.where(total > 0.0, total, 1.0)[:, None]
+            # A ruined portfolio (nothing left) counts as all cash, as Portfolio.weights says.
+            return np.where(total[:, None] > 0.0, w / safe, np.eye(q.shape[1] + 1)[-1])
+
+        held_close = qty * close
+        held_prev_close = np.vstack((self.initial_qty[None, :] * m.open[0], held_close[:-1]))
         return BacktestRecord(
             name=self.name,
-            symbols=list(self.market.symbols),
-            open_time_ms=np.asarray(self.market.open_time_ms[:n]),
-            equity=self.equity[:n].copy(),
-            weights_before=self.w_before[:n].copy(),
-            weights_after=self.w_after[:n].copy(),
-            fees=self.fees[:n].copy(),
-            pnl=self.pnl[:n].copy(),
+            symbols=list(m.symbols),
+            open_time_ms=np.asarray(m.open_time_ms[:n]),
+            equity=cash + held_close.sum(axis=1),
+            weights_before=weights(qty_prev, cash_prev, open_),
+            weights_after=weights(qty, cash, open_),
+            fees=fees.copy(),
+            # The change of a position's value minus what was paid into it; cash itself earns nothing.
+            pnl=held_close - held_prev_close - flow - fees,
             calls=None if self.calls is None else self.calls[:n].copy(),
         )
 
@@ -138,18 +143,13 @@ def simulate_targets(
     rec = Recorder(name, market, pf)
     act = ~np.isnan(targets).any(axis=1)
     need_volume = pf.impact_bps > 0.0
+    open_, volume, times = market.open, market.volume, market.open_time_ms.tolist()
     for t in range(steps):
-        rec.before(t)
+        fills = None
         if t > 0 and act[t - 1]:
-            fills = pf.rebalance(
-                targets[t - 1],
-                market.open[t],
-                volumes=market.volume[t] if need_volume else None,
-                ts_ms=int(market.open_time_ms[t]),
-            )
-            rec.after(t, fills.fee, fills.qty * fills.price)
-        else:
-            rec.after(t)
+            fills = pf.rebalance(targets[t - 1], open_[t], volumes=volume[t] if need_volume else None,
+                                 ts_ms=times[t])
+        rec.bar(t, fills)
     return rec.record()
 
 
