@@ -319,9 +319,7 @@ def test_accounting_properties(scenario):
         np.testing.assert_array_equal(fills.cost, pf.last_cost)
         # Without a shortfall or exchange rules, each pair lands exactly on its target notional.
         if "lot_step" not in kwargs and pf.last_buy_scale == 1.0:
-            np.testing.assert_allclose(
-                pf.qty * p, w[:n] * value_before, rtol=1e-9, atol=1e-9 * value_before
-            )
+            np.testing.assert_allclose(pf.qty * p, w[:n] * value_before, rtol=1e-9, atol=1e-9 * value_before)
         # PnL reconciles with cash flows: realized + unrealized - fees = value - initial cash.
         book = pf.book
         pnl = book.realized_pnl.sum() + book.unrealized_pnl(p).sum() - book.fees_paid.sum()
