@@ -14,6 +14,8 @@ Outputs in ``--out`` (default ``logs/NAME/backtest/``): ``metrics.json``, ``equi
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 import json
 import math
 import sys
@@ -89,6 +91,18 @@ class Recorder:
         if fills is not None:
             self.fees[t] = fills.fee
             self.flow[t] = fills.qty * fills.price
+        self._n = t + 1
+
+    def bar_from_portfolio(self, t: int, open_prices: np.ndarray, traded: bool) -> None:
+        """Record bar t when only the portfolio is at hand (an env traded it): its last rebalance's
+        costs and the quantity change give the fees and the quote paid (fill = open +- slippage)."""
+        qty = self.portfolio.qty
+        if traded:
+            prev = self.qty[t - 1] if t > 0 else self.initial_qty
+            self.fees[t] = self.portfolio.last_fees
+            self.flow[t] = (qty - prev) * open_prices + self.portfolio.last_slippage
+        self.qty[t] = qty
+        self.cash[t] = self.portfolio.cash
         self._n = t + 1
 
     def record(self) -> BacktestRecord:
@@ -378,8 +392,226 @@ weight outside cash; hit rate = share of positive bars among bars that moved.</p
     return table
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - filled in below
-    raise NotImplementedError
+# ------------------------------------------------------------------------------------ backtest
+class BacktestError(Exception):
+    """The backtest cannot run as asked; the message says why and what to do."""
+
+
+def parse_date_ms(value: str, flag: str) -> int:
+    """'2021-04-01' or '2021-04-01T12:00' (UTC) as epoch milliseconds."""
+    try:
+        stamp = dt.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise BacktestError(f"{flag} {value!r} is not a date (use YYYY-MM-DD or YYYY-MM-DDTHH:MM, UTC)"
+                            ) from exc
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    return int(stamp.timestamp() * 1000)
+
+
+def check_manifest(manifest: Mapping[str, Any], market: MarketData) -> None:
+    """Refuse data whose symbols, timeframe or features differ from what the run was trained on."""
+    problems = []
+    if list(manifest.get("symbols", [])) != list(market.symbols):
+        problems.append(f"symbols {list(market.symbols)} != the run's {manifest.get('symbols')}")
+    if manifest.get("timeframe") != market.timeframe:
+        problems.append(f"timeframe {market.timeframe!r} != the run's {manifest.get('timeframe')!r}")
+    names = manifest.get("feature_names")
+    if names is not None and list(names) != list(market.feature_names):
+        problems.append(f"features {list(market.feature_names)} != the run's {list(names)}")
+    if problems:
+        raise BacktestError(
+            "the data does not match the run's manifest: " + "; ".join(problems)
+            + ". Pass data with the run's pairs and timeframe (--data-dir, or the run's own source)."
+        )
+
+
+def load_market(
+    cfg: Mapping[str, Any], manifest: Mapping[str, Any], data_dir: str | Path | None
+) -> MarketData:
+    """The run's own data source, or CSV candles from ``data_dir`` for the run's pairs and timeframe."""
+    import market_data
+
+    if data_dir is None:
+        return market_data.load(dict(cfg["data"]["source"]))
+    if not Path(data_dir).is_dir():
+        raise BacktestError(f"--data-dir {data_dir} is not a directory of CSV candles")
+    source = {"kind": "csv", "path": str(data_dir), "symbols": list(manifest["symbols"]),
+              "timeframe": manifest["timeframe"]}
+    return market_data.load(source)
+
+
+def select_range(
+    cfg: Mapping[str, Any], market: MarketData, split: str | None, start: str | None, end: str | None
+) -> tuple[MarketData, str]:
+    """Bars of the chosen split (dates from the run's config) or of [start, end); refuse an empty range."""
+    import Train
+
+    if start is not None or end is not None:
+        start_ms = None if start is None else parse_date_ms(start, "--start")
+        end_ms = None if end is None else parse_date_ms(end, "--end")
+        if start_ms is not None and end_ms is not None and start_ms >= end_ms:
+            raise BacktestError(f"--start {start} must be before --end {end}")
+        label = f"{start or 'start'} .. {end or 'end'}"
+    else:
+        split = split or "test"
+        ranges = Train.split_ranges_ms(dict(cfg))
+        if split not in ranges:
+            raise BacktestError(f"--split {split!r} unknown; the run defines {sorted(ranges)}")
+        start_ms, end_ms = ranges[split]
+        label = f"{split} split"
+    part = market.slice_time(start_ms, end_ms)
+    if part.n_bars < 2:
+        covers = (f"{_iso(market.open_time_ms[0])} .. {_iso(market.open_time_ms[-1])}"
+                  if market.n_bars else "nothing")
+        raise BacktestError(f"the {label} holds {part.n_bars} bars (need at least 2); "
+                            f"the data covers {covers}")
+    return part, label
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(int(ms) / 1000, tz=dt.UTC).isoformat(timespec="minutes")
+
+
+def play_agent(cfg: Mapping[str, Any], policy: Any, market: MarketData, seed: int = 0) -> BacktestRecord:
+    """Play the run's deterministic policy once over ``market`` through the env (eval mode) and record it."""
+    import Train
+
+    env = Train.make_env(dict(cfg), market, mode="eval")
+    try:
+        env.reset(seed=seed)
+        raw = env.unwrapped
+        pf = raw.portfolio
+        rec = Recorder("agent", market, pf)
+        rec.calls = np.zeros((market.n_bars, market.n_pairs), dtype=np.int8)
+        pair_of = {agent: i for i, agent in enumerate(a for a in env.possible_agents if a != "meta")}
+        bar = _bar_index(raw)
+        rec.bar(bar)
+        steps_seen = pf.steps
+        for agent in env.agent_iter():
+            obs, _, terminated, truncated, _ = env.last()
+            if terminated or truncated:
+                env.step(None)
+                continue
+            action = policy(agent, obs)
+            if agent != "meta":
+                rec.calls[bar, pair_of[agent]] = int(action) - 1  # sell/hold/buy -> -1/0/+1
+            env.step(action)
+            if agent == "meta":
+                bar = _bar_index(raw)
+                traded = pf.steps != steps_seen
+                steps_seen = pf.steps
+                rec.bar_from_portfolio(bar, market.open[bar], traded)
+        return rec.record()
+    finally:
+        env.close()
+
+
+def _bar_index(raw: Any) -> int:
+    return int(raw.bar)
+
+
+def portfolio_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's ``portfolio`` settings (fees, slippage, rules) that the env trades with."""
+    return dict((cfg.get("env") or {}).get("portfolio") or {})
+
+
+@dataclass
+class BacktestResult:
+    """What `backtest` produced: the records (agent first), their metrics, and where they went."""
+
+    records: dict[str, BacktestRecord]
+    table: dict[str, dict[str, float]]
+    out_dir: Path
+    label: str
+    timings: dict[str, float]
+
+
+def backtest(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    split: str | None = None,
+    start: str | None = None,
+    end: str | None = None,
+    data_dir: str | Path | None = None,
+    market: MarketData | None = None,
+) -> BacktestResult:
+    """Backtest the saved run at ``run_dir`` and write its report; see the module docstring.
+
+    ``market`` (already the bars to play) bypasses data loading and range selection. Raises
+    `BacktestError` for a missing or corrupt run, a manifest mismatch or an empty range.
+    """
+    import time
+
+    import Train
+
+    timings: dict[str, float] = {}
+    tick = time.perf_counter()
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise BacktestError(f"--run {run_dir} does not exist; runs live in saved_models/<run_id>/")
+    try:
+        cfg, manifest, policy = Train.load_run(run_dir)
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise BacktestError(f"cannot load the run: {exc}") from exc
+    timings["load run"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    if market is None:
+        full = load_market(cfg, manifest, data_dir)
+        check_manifest(manifest, full)
+        market, label = select_range(cfg, full, split, start, end)
+    else:
+        check_manifest(manifest, market)
+        label = "given bars"
+    timings["load data"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    agent = play_agent(cfg, policy, market, seed=int(cfg.get("run", {}).get("seed", 0)))
+    timings["agent through env"] = time.perf_counter() - tick
+    played = market.slice_bars(0, len(agent.equity))  # ruin ends the episode early
+
+    tick = time.perf_counter()
+    records = {"agent": agent, **run_benchmarks(played, portfolio_config(cfg))}
+    timings["benchmarks"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    out = Path(out_dir) if out_dir is not None else Train.LOGS / run_dir.name / "backtest"
+    periods = metrics.periods_per_year(market.timeframe)
+    notes = {"run": str(run_dir), "range": label, "portfolio": portfolio_config(cfg) or "env defaults"}
+    title = f"Backtest of {run_dir.name}"
+    table = write_report(out, records, periods, played.close, title=title, notes=notes)
+    timings["metrics and report"] = time.perf_counter() - tick
+    return BacktestResult(records, table, out, label, timings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Backtest a trained run against benchmarks; write a report.")
+    parser.add_argument("--run", required=True, help="saved run directory, e.g. saved_models/NAME")
+    when = parser.add_mutually_exclusive_group()
+    when.add_argument("--split", choices=("train", "validation", "test"), default=None,
+                      help="date split from the run's config (default: test)")
+    when.add_argument("--start", default=None, help="first bar's open time (UTC date), instead of --split")
+    parser.add_argument("--end", default=None, help="end of the range, exclusive (UTC date); with --start")
+    parser.add_argument("--data-dir", default=None, help="folder of CSV candles (../shared/data format) "
+                        "instead of the run's own data source")
+    parser.add_argument("--out", default=None, help="output folder (default: logs/NAME/backtest/)")
+    args = parser.parse_args(argv)
+    if args.end is not None and args.split is not None:
+        parser.error("--end goes with --start, not with --split")
+    try:
+        result = backtest(args.run, args.out, split=args.split, start=args.start, end=args.end,
+                          data_dir=args.data_dir)
+    except BacktestError as exc:
+        print(f"performance.py: refused: {exc}", file=sys.stderr)
+        return 2
+    agent = result.records["agent"]
+    print(f"{Path(args.run).name} on the {result.label}: {len(agent.equity)} bars, "
+          f"{_iso(agent.open_time_ms[0])} .. {_iso(agent.open_time_ms[-1])} UTC")
+    print(format_table(result.table))
+    print(f"report: {result.out_dir / 'report.html'}")
+    return 0
 
 
 if __name__ == "__main__":

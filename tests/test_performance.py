@@ -145,3 +145,43 @@ def test_write_report(tmp_path):
     assert len(lines) == market.n_bars + 1
     html = (tmp_path / "report.html").read_text()
     assert 'src="calls.png"' in html and "max_drawdown" in html
+
+
+# ------------------------------------------------------------------------------------ refusals
+def test_refuses_missing_run(tmp_path, capsys):
+    assert perf.main(["--run", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.yaml").write_text("run: {}\n")
+    assert perf.main(["--run", str(tmp_path / "half")]) == 2
+    assert "cannot load the run" in capsys.readouterr().err
+
+
+def test_refuses_manifest_mismatch():
+    market = toy_market(n_pairs=2)
+    manifest = {"symbols": ["BTC/USDT", "ETH/USDT"], "timeframe": "1h", "feature_names": ["close"]}
+    with pytest.raises(perf.BacktestError, match="symbols"):
+        perf.check_manifest(manifest, market)
+    manifest = {"symbols": list(market.symbols), "timeframe": "1d"}
+    with pytest.raises(perf.BacktestError, match="timeframe"):
+        perf.check_manifest(manifest, market)
+    perf.check_manifest({"symbols": list(market.symbols), "timeframe": "1h"}, market)
+
+
+def test_refuses_empty_range():
+    market = toy_market(n_bars=48)  # 2020-09-13 12:26 UTC onwards
+    cfg = {"data": {"splits": {"train": {"start": "2020-01-01", "end": "2020-06-01"},
+                               "validation": {"start": "2020-06-01", "end": "2020-09-01"},
+                               "test": {"start": "2020-09-01", "end": "2021-01-01"}}}}
+    part, label = perf.select_range(cfg, market, "test", None, None)
+    assert part.n_bars == 48 and label == "test split"
+    with pytest.raises(perf.BacktestError, match="holds 0 bars"):
+        perf.select_range(cfg, market, "train", None, None)
+    with pytest.raises(perf.BacktestError, match="holds 0 bars"):
+        perf.select_range(cfg, market, None, "2030-01-01", None)
+    with pytest.raises(perf.BacktestError, match="before"):
+        perf.select_range(cfg, market, None, "2021-01-01", "2020-01-01")
+    with pytest.raises(perf.BacktestError, match="not a date"):
+        perf.select_range(cfg, market, None, "yesterday", None)
+    part, _ = perf.select_range(cfg, market, None, "2020-09-14", "2020-09-14T06:00")
+    assert part.n_bars == 6
