@@ -80,7 +80,7 @@ class Recorder:
         self.qty = np.zeros((steps, n))  # holdings after bar t's rebalance
         self.cash = np.zeros(steps)
         self.fees = np.zeros((steps, n))
-        self.flow = np.zeros((steps, n))  # quote paid into each pair at bar t's open (sells negative)
+        self.slippage = np.zeros((steps, n))  # slippage cost per pair (quote), already in the fill prices
         self.calls: np.ndarray | None = None
         self._n = 0
 
@@ -90,18 +90,16 @@ class Recorder:
         self.cash[t] = self.portfolio.cash
         if fills is not None:
             self.fees[t] = fills.fee
-            self.flow[t] = fills.qty * fills.price
+            self.slippage[t] = fills.slippage
         self._n = t + 1
 
-    def bar_from_portfolio(self, t: int, open_prices: np.ndarray, traded: bool) -> None:
-        """Record bar t when only the portfolio is at hand (an env traded it): its last rebalance's
-        costs and the quantity change give the fees and the quote paid (fill = open +- slippage)."""
-        qty = self.portfolio.qty
+    def bar_from_portfolio(self, t: int, traded: bool) -> None:
+        """Record bar t when only the portfolio is at hand (an env traded it): ``traded`` says whether
+        it rebalanced during this bar, so that its last rebalance's costs belong to bar t."""
         if traded:
-            prev = self.qty[t - 1] if t > 0 else self.initial_qty
             self.fees[t] = self.portfolio.last_fees
-            self.flow[t] = (qty - prev) * open_prices + self.portfolio.last_slippage
-        self.qty[t] = qty
+            self.slippage[t] = self.portfolio.last_slippage
+        self.qty[t] = self.portfolio.qty
         self.cash[t] = self.portfolio.cash
         self._n = t + 1
 
@@ -109,9 +107,12 @@ class Recorder:
         """The recorded bars as a `BacktestRecord`."""
         n = self._n
         m = self.market
-        qty, cash, fees, flow = self.qty[:n], self.cash[:n], self.fees[:n], self.flow[:n]
+        qty, cash, fees = self.qty[:n], self.cash[:n], self.fees[:n]
         open_, close = m.open[:n], m.close[:n]
         qty_prev = np.vstack((self.initial_qty[None, :], qty[:-1]))
+        # Quote paid into each pair at the open (sells negative): fills are the open -+ slippage, so
+        # qty * fill price = dq * open + slippage cost on either side.
+        flow = (qty - qty_prev) * open_ + self.slippage[:n]
         cash_prev = np.concatenate(([self.initial_cash], cash[:-1]))
 
         def weights(q: np.ndarray, c: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -157,7 +158,7 @@ def simulate_targets(
     rec = Recorder(name, market, pf)
     act = ~np.isnan(targets).any(axis=1)
     need_volume = pf.impact_bps > 0.0
-    open_, volume, times = market.open, market.volume, market.open_time_ms.tolist()
+    open_, volume, times, act = market.open, market.volume, market.open_time_ms.tolist(), act.tolist()
     for t in range(steps):
         fills = None
         if t > 0 and act[t - 1]:
@@ -499,9 +500,8 @@ def play_agent(cfg: Mapping[str, Any], policy: Any, market: MarketData, seed: in
             env.step(action)
             if agent == "meta":
                 bar = _bar_index(raw)
-                traded = pf.steps != steps_seen
+                rec.bar_from_portfolio(bar, pf.steps != steps_seen)
                 steps_seen = pf.steps
-                rec.bar_from_portfolio(bar, market.open[bar], traded)
         return rec.record()
     finally:
         env.close()

@@ -94,7 +94,7 @@ def test_equal_weight_rebalanced_with_fees_matches_numpy():
 
 def test_record_is_consistent():
     market = toy_market(seed=3)
-    recs = perf.run_benchmarks(market, {"initial_cash": CASH, "fee_rate": FEE})
+    recs = perf.run_benchmarks(market, {"initial_cash": CASH, "fee_rate": FEE, "slippage_bps": 3.0})
     for rec in recs.values():
         # Per-pair PnL explains the equity curve exactly; weights sum to one.
         np.testing.assert_allclose(CASH + np.cumsum(rec.pnl.sum(axis=1)), rec.equity, rtol=1e-9)
