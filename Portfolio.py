@@ -16,8 +16,8 @@ Rebalance semantics (kept stable; the environment, backtests and tests rely on t
 - If cash after the sells cannot pay for every buy plus its fee, all buys scale down by one common
   factor so that cash never goes negative.
 - Exchange rules, off unless given (ccxt market info via `trading_rules_from_markets`, or config):
-  quantities are rounded down to ``lot_step``; orders below ``min_qty`` or with a fill notional
-  below ``min_notional`` are skipped. They apply after any shortfall scaling.
+  quantities are rounded down to ``lot_step``; orders below ``min_qty`` or with a notional (at the
+  reference price) below ``min_notional`` are skipped. They apply again after shortfall scaling.
 - Value is conserved except for costs: value after (at the reference prices) equals value before
   minus this rebalance's fees and slippage costs (slippage cost = ``|qty| * p * s``).
 - Every rebalance is logged (dense per-pair rows; `fill_log()` gives one record per fill).
@@ -224,18 +224,25 @@ class Portfolio:
         self.weight_tol = float(weight_tol)
         self.record_fills = bool(record_fills)
         self._slip = min(self.slippage_bps, self.max_slippage_bps) / 1e4
-        self._slip0 = np.array(self._slip)
-        self._fee0 = np.array(self.fee_rate)
         self._impact = self.impact_bps / 1e4
         self._max_slip = self.max_slippage_bps / 1e4
+        # Scalars as 0-d arrays: numpy multiplies arrays by those faster than by Python floats.
+        self._slip0 = np.array(self._slip)
+        self._impact0 = np.array(self._impact)
+        self._max_slip0 = np.array(self._max_slip)
+        self._fee0 = np.array(self.fee_rate)
+        self._sqrt_impact = self.impact_exponent == 0.5
+        self._volume_floor = np.array(1e-12)
         self.lot_step = _per_pair(lot_step, self.symbols, "lot_step")
         self.min_qty = _per_pair(min_qty, self.symbols, "min_qty")
         self.min_notional = _per_pair(min_notional, self.symbols, "min_notional")
         self._has_step = self.lot_step > 0.0
         self._step_safe = np.where(self._has_step, self.lot_step, 1.0)
-        self._rules_on = bool(
-            self._has_step.any() or (self.min_qty > 0).any() or (self.min_notional > 0).any()
-        )
+        self._any_step = bool(self._has_step.any())
+        self._all_step = bool(self._has_step.all())
+        self._any_min_qty = bool((self.min_qty > 0).any())
+        self._any_min_notional = bool((self.min_notional > 0).any())
+        self._rules_on = self._any_step or self._any_min_qty or self._any_min_notional
         self.reset()
 
     # ------------------------------------------------------------------ construction helpers
@@ -378,25 +385,31 @@ class Portfolio:
     def _label(self, i: int) -> str:
         return self.symbols[i] if i < self.n_pairs else "cash"
 
-    def _slippage(self, abs_qty: np.ndarray, volumes: np.ndarray | None) -> np.ndarray | float:
+    def _slippage(self, abs_qty: np.ndarray, volumes: np.ndarray | None) -> np.ndarray:
         """Slippage fraction per pair: fixed part plus the volume-participation part, capped."""
-        if volumes is None:
-            return self._slip
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            impact = self._impact * (abs_qty / volumes) ** self.impact_exponent
-        # fmin maps the nan of 0/0 (zero volume, no order) and inf (zero volume) to the cap.
-        return np.fmin(self._slip + impact, self._max_slip)
+        # The volume floor turns zero volume into a huge participation (hence the cap) without the
+        # cost of an errstate block; a nan volume gives nan, which fmin also maps to the cap.
+        participation = abs_qty / np.maximum(volumes, self._volume_floor)
+        if self._sqrt_impact:
+            impact = np.sqrt(participation)
+        else:
+            impact = participation**self.impact_exponent
+        return np.fmin(self._slip0 + self._impact0 * impact, self._max_slip0)
 
     def _apply_rules(self, dq: np.ndarray, price: np.ndarray) -> np.ndarray:
         """Round |dq| down to the lot step, never sell more than held, skip orders under the minimums."""
         abs_q = np.abs(dq)
-        # The tiny epsilon keeps 2.9999999999 lots (float noise) at 3 lots; the clamp below keeps sells
-        # within the holding.
-        rounded = np.floor(abs_q / self._step_safe + 1e-9) * self._step_safe
-        abs_q = np.where(self._has_step, rounded, abs_q)
-        abs_q = np.where(dq < 0.0, np.minimum(abs_q, self.book.qty), abs_q)
-        keep = (abs_q >= self.min_qty) & (abs_q * price >= self.min_notional) & (abs_q > 0.0)
-        return np.where(keep, np.sign(dq) * abs_q, 0.0)
+        if self._any_step:
+            # The epsilon keeps 2.9999999999 lots (float noise) at 3 lots; the clamp below keeps sells
+            # within the holding when it rounds up.
+            rounded = np.floor(abs_q / self._step_safe + 1e-9) * self._step_safe
+            abs_q = rounded if self._all_step else np.where(self._has_step, rounded, abs_q)
+        signed = np.maximum(np.copysign(abs_q, dq), -self.book.qty)
+        if self._any_min_notional:
+            signed *= abs_q * price >= self.min_notional  # notional at the reference price
+        if self._any_min_qty:
+            signed *= abs_q >= self.min_qty
+        return signed
 
     def rebalance(
         self,
@@ -434,13 +447,12 @@ class Portfolio:
         if new_cash < 0.0:
             # Shortfall: sells (positive flows) fund the buys; scale every buy by one factor. Costs
             # per unit never grow when an order shrinks, so the scaled buys fit into the cash.
-            buying = dq > 0.0
-            flow = -(dq * fill_price) - fee
-            available = cash + float(flow[~buying].sum())
-            needed = -float(flow[buying].sum())
+            bought = np.maximum(dq, 0.0)
+            needed = float(bought.dot(fill_price)) * (1.0 + self.fee_rate)  # buys' cash incl. fees
+            available = cash + float((bought - dq).dot(fill_price)) * (1.0 - self.fee_rate)  # after sells
             scale = max(available, 0.0) / needed * (1.0 - _SHORTFALL_MARGIN)
             self.last_buy_scale = scale
-            dq = np.where(buying, dq * scale, dq)
+            dq = dq + bought * (scale - 1.0)
             if self._rules_on:
                 dq = self._apply_rules(dq, p)
             fill_price, notional, fee, slippage_cost, new_cash = self._costs(dq, p, vol)
@@ -462,7 +474,6 @@ class Portfolio:
         self, dq: np.ndarray, p: np.ndarray, vol: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
         """Fill prices, notionals, fees, slippage costs and the cash after trading ``dq`` at ``p``."""
-        # Scalars are held as 0-d arrays: numpy multiplies by those faster than by Python floats.
         if vol is None and self._slip == 0.0:
             # Fast path without slippage: fills at the reference prices.
             fill_price = p.copy()  # never hand the caller's price array back inside Fills
