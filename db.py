@@ -12,10 +12,15 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.engine import Engine
 
@@ -86,6 +91,231 @@ def migrate_schema(engine: Engine) -> None:
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+# ---------------------------------------------------------------------------------------------
+# Candles (market.ohlcv) and fetch runs (market.fetch_runs): the write and read side of ingestion.
+# ---------------------------------------------------------------------------------------------
+
+CANDLE_COLUMNS = ("open_time_ms", "open", "high", "low", "close", "volume")
+
+# PostgreSQL binary COPY: signature, flags, header-extension length; a row is a field count then
+# (length, big-endian value) per field. Built with one numpy structured array: no per-row Python.
+_PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
+_PGCOPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
+_PGCOPY_ROW = np.dtype(
+    [("fields", ">i2"), ("ts_len", ">i4"), ("ts", ">i8")]
+    + [item for name in CANDLE_COLUMNS[1:] for item in ((f"{name}_len", ">i4"), (name, ">f8"))]
+)
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A run of missing candles: open times ``start_ms`` .. ``end_ms`` (exclusive) have no candle."""
+
+    start_ms: int  # first missing open time
+    end_ms: int  # open time of the next stored candle
+    missing_bars: int
+
+
+def candle_arrays(rows: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(open_time_ms int64 [n], ohlcv float64 [n, 5])`` from ccxt rows, an [n, 6] array or a DataFrame.
+
+    A DataFrame needs the columns of :data:`CANDLE_COLUMNS` (``ts_ms`` is accepted for the time).
+    """
+    if isinstance(rows, pd.DataFrame):
+        frame = rows.rename(columns={"ts_ms": "open_time_ms"})
+        ts = frame["open_time_ms"].to_numpy(dtype=np.int64)
+        values = frame[list(CANDLE_COLUMNS[1:])].to_numpy(dtype=np.float64)
+        return ts, values
+    if isinstance(rows, np.ndarray) and rows.dtype != object:
+        array = rows
+    else:
+        # ccxt rows mix ints and floats; epoch ms (< 2**53) survive float64 exactly
+        array = np.asarray(list(rows), dtype=np.float64)
+    if array.size == 0:
+        return np.empty(0, np.int64), np.empty((0, 5), np.float64)
+    if array.ndim != 2 or array.shape[1] != 6:
+        raise ValueError(
+            f"candles must be [n, 6] (open_time_ms, open, high, low, close, volume), got {array.shape}"
+        )
+    return array[:, 0].astype(np.int64), np.ascontiguousarray(array[:, 1:], dtype=np.float64)
+
+
+def _copy_payload(ts: np.ndarray, values: np.ndarray) -> bytes:
+    rows = np.empty(ts.size, dtype=_PGCOPY_ROW)
+    rows["fields"] = len(CANDLE_COLUMNS)
+    rows["ts_len"] = 8
+    rows["ts"] = ts
+    for index, name in enumerate(CANDLE_COLUMNS[1:]):
+        rows[f"{name}_len"] = 8
+        rows[name] = values[:, index]
+    return _PGCOPY_HEADER + rows.tobytes() + _PGCOPY_TRAILER
+
+
+def write_candles(engine: Engine, exchange: str, symbol: str, timeframe: str, rows: Any) -> int:
+    """Store candles in ``market.ohlcv`` in ONE transaction; returns how many were new.
+
+    Binary COPY into a session-temporary staging table, then ``INSERT ... ON CONFLICT DO NOTHING``:
+    rows already stored are skipped (a re-run inserts 0) and a failure leaves nothing behind.
+    The caller stores CLOSED candles only; values must be finite.
+    """
+    ts, values = candle_arrays(rows)
+    if ts.size == 0:
+        return 0
+    if not np.isfinite(values).all():
+        raise ValueError(f"{symbol} {timeframe}: candles with NaN or infinite values cannot be stored")
+    payload = _copy_payload(ts, values)
+    with engine.begin() as conn:
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            # ON COMMIT DELETE ROWS: the table lives as long as the pooled connection, emptied per batch
+            cursor.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS ohlcv_stage (open_time_ms bigint, open float8, high float8,"
+                " low float8, close float8, volume float8) ON COMMIT DELETE ROWS"
+            )
+            cursor.copy_expert("COPY ohlcv_stage FROM STDIN WITH (FORMAT binary)", io.BytesIO(payload))
+            cursor.execute(
+                "INSERT INTO market.ohlcv (exchange, symbol, timeframe, open_time_ms, open, high, low, close,"
+                " volume) SELECT %s, %s, %s, open_time_ms, open, high, low, close, volume FROM ohlcv_stage"
+                " ON CONFLICT DO NOTHING",
+                (exchange, symbol, timeframe),
+            )
+            return cursor.rowcount
+        finally:
+            cursor.close()
+
+
+def read_candles(
+    engine: Engine,
+    exchange: str,
+    symbol: str,
+    timeframe: str,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+) -> pd.DataFrame:
+    """Stored candles with ``start_ms <= open_time_ms < end_ms`` (None = unbounded), oldest first.
+
+    Columns: open_time_ms (int64), open, high, low, close, volume (float64).
+    """
+    query = text(
+        "SELECT open_time_ms, open, high, low, close, volume FROM market.ohlcv"
+        " WHERE exchange = :exchange AND symbol = :symbol AND timeframe = :timeframe"
+        " AND open_time_ms >= :start AND open_time_ms < :end ORDER BY open_time_ms"
+    )
+    params = {
+        "exchange": exchange, "symbol": symbol, "timeframe": timeframe,
+        "start": -(2**63) if start_ms is None else start_ms, "end": 2**63 - 1 if end_ms is None else end_ms,
+    }
+    with engine.connect() as conn:
+        result = conn.execute(query, params).all()
+    frame = pd.DataFrame(result, columns=list(CANDLE_COLUMNS))
+    return frame.astype({"open_time_ms": "int64", **{c: "float64" for c in CANDLE_COLUMNS[1:]}})
+
+
+def newest_open_time_ms(engine: Engine, exchange: str, symbol: str, timeframe: str) -> int | None:
+    """Open time of the newest stored candle, or None when nothing is stored."""
+    with engine.connect() as conn:
+        return conn.execute(
+            text(
+                "SELECT max(open_time_ms) FROM market.ohlcv"
+                " WHERE exchange = :exchange AND symbol = :symbol AND timeframe = :timeframe"
+            ),
+            {"exchange": exchange, "symbol": symbol, "timeframe": timeframe},
+        ).scalar()
+
+
+def gap_report(
+    engine: Engine,
+    exchange: str,
+    symbol: str,
+    timeframe: str,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+) -> list[Gap]:
+    """Missing candles between stored ones (``start_ms <= open_time_ms < end_ms``), oldest first.
+
+    Only holes between two stored candles count: before the first or after the last is not a gap.
+    """
+    from binance.symbols import timeframe_ms  # lazy: keeps ccxt out of plain db imports
+
+    step = timeframe_ms(timeframe)
+    query = text(
+        "SELECT prev_ms, open_time_ms FROM ("
+        "  SELECT open_time_ms, lag(open_time_ms) OVER (ORDER BY open_time_ms) AS prev_ms FROM market.ohlcv"
+        "  WHERE exchange = :exchange AND symbol = :symbol AND timeframe = :timeframe"
+        "  AND open_time_ms >= :start AND open_time_ms < :end"
+        ") AS steps WHERE open_time_ms - prev_ms > :step ORDER BY open_time_ms"
+    )
+    params = {
+        "exchange": exchange, "symbol": symbol, "timeframe": timeframe, "step": step,
+        "start": -(2**63) if start_ms is None else start_ms, "end": 2**63 - 1 if end_ms is None else end_ms,
+    }
+    with engine.connect() as conn:
+        rows = conn.execute(query, params).all()
+    return [Gap(prev + step, nxt, (nxt - prev) // step - 1) for prev, nxt in rows]
+
+
+def start_fetch_run(
+    engine: Engine,
+    *,
+    exchange: str,
+    symbol: str,
+    timeframe: str,
+    since_ms: int | None,
+    until_ms: int | None,
+    job_id: str | None = None,
+) -> int:
+    """Record a fetch as ``running`` in ``market.fetch_runs``; returns its run_id.
+
+    A run that dies without :func:`finish_fetch_run` (SIGKILL, power loss) stays ``running``.
+    """
+    with engine.begin() as conn:
+        return conn.execute(
+            text(
+                "INSERT INTO market.fetch_runs"
+                " (job_id, exchange, symbol, timeframe, since_ms, until_ms, status)"
+                " VALUES (:job_id, :exchange, :symbol, :timeframe, :since_ms, :until_ms, 'running')"
+                " RETURNING run_id"
+            ),
+            {"job_id": job_id, "exchange": exchange, "symbol": symbol, "timeframe": timeframe,
+             "since_ms": since_ms, "until_ms": until_ms},
+        ).scalar_one()
+
+
+def finish_fetch_run(
+    engine: Engine,
+    run_id: int,
+    *,
+    status: str,
+    rows_fetched: int,
+    rows_inserted: int,
+    gaps: int,
+    error: str | None = None,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+) -> None:
+    """Close a fetch run with its outcome (``since_ms``/``until_ms``: the resolved range, when known)."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE market.fetch_runs SET status = :status, rows_fetched = :rows_fetched,"
+                " rows_inserted = :rows_inserted, gaps = :gaps, error = :error, finished_at = now(),"
+                " since_ms = coalesce(:since_ms, since_ms), until_ms = coalesce(:until_ms, until_ms)"
+                " WHERE run_id = :run_id"
+            ),
+            {"run_id": run_id, "status": status, "rows_fetched": rows_fetched, "rows_inserted": rows_inserted,
+             "gaps": gaps, "error": error, "since_ms": since_ms, "until_ms": until_ms},
+        )
+
+
+def fetch_runs(engine: Engine, job_id: str | None = None) -> pd.DataFrame:
+    """Recorded fetch runs (all, or one job's), oldest first."""
+    where = " WHERE job_id = :job_id" if job_id else ""
+    query = f"SELECT * FROM market.fetch_runs{where} ORDER BY run_id"
+    with engine.connect() as conn:
+        result = conn.execute(text(query), {"job_id": job_id})
+        return pd.DataFrame(result.all(), columns=list(result.keys()))
 
 
 def main(argv: list[str] | None = None) -> int:
