@@ -89,3 +89,18 @@ def shared_1h() -> Path:
 @pytest.fixture(scope="session")
 def shared_1d() -> Path:
     return require_shared_data(SHARED_1D)
+
+
+@pytest.fixture
+def fake_exchange():
+    """A running :class:`binance.fake_exchange.FakeExchange` (``.url``, ``.inject(...)``, ``.set_now(...)``).
+
+    It replays the real 1h candles in ../shared/data when they are present, else a seeded synthetic
+    market (BTC, ETH, BNB, ADA against USDT). Point ccxt at it with
+    ``binance.make_exchange(base_url=fake_exchange.url)`` or ``BINANCE_BASE_URL``.
+    """
+    from binance.fake_exchange import FakeExchange
+
+    data_dir = SHARED_1H if SHARED_1H.exists() else None
+    with FakeExchange(data_dir=data_dir) as fake:
+        yield fake
