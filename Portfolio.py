@@ -348,7 +348,7 @@ class Portfolio:
         return out
 
     def position(self, symbol: str | int) -> Position:
-        """A live read-only `Position` view of one pair (by symbol or index)."""
+        """A live read-only `Position` view of one pair (by symbol or index); `reset` detaches it."""
         index = symbol if isinstance(symbol, int) else self.symbols.index(symbol)
         return Position(self.symbols[index], self.book, index)
 

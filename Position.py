@@ -84,6 +84,16 @@ class PositionBook:
         self._trip_open_ms: list[int | None] = [None] * n
         self.closed_trips: list[list[RoundTrip]] = [[] for _ in range(n)]
 
+    def __getstate__(self) -> dict:
+        # The row views would unpickle (and deepcopy) as independent arrays: rebuild them instead.
+        state = dict(self.__dict__)
+        del state["_rows"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._rows = tuple(self._scratch)
+
     # Read-only views of the cumulative counters (quote currency unless noted).
     @property
     def bought_qty(self) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 
 import ccxt
 import numpy as np
@@ -250,6 +252,17 @@ def test_from_config_validates_keys():
         Portfolio.from_config(["BTC/USDT"], {"lot_step": {"ETH/USDT": 0.1}})
     with pytest.raises(ConfigError, match="markets"):
         Portfolio.from_config(["BTC/USDT"], {"use_market_rules": True})
+
+
+def test_copies_and_pickles_keep_accounting():
+    pf = Portfolio(["A/USDT", "B/USDT"], 1000.0, slippage_bps=5)
+    pf.rebalance([0.5, 0.3, 0.2], [10.0, 20.0])
+    for twin in (copy.deepcopy(pf), pickle.loads(pickle.dumps(pf))):
+        for p in ([11.0, 19.0], [12.0, 18.0]):
+            twin.rebalance([0.1, 0.6, 0.3], p)
+        pnl = twin.book.realized_pnl.sum() + twin.book.unrealized_pnl([12.0, 18.0]).sum() - twin.total_fees
+        assert pnl == pytest.approx(twin.value([12.0, 18.0]) - 1000.0, abs=1e-9)
+    assert pf.steps == 1  # the original is untouched
 
 
 def test_positions_of_a_portfolio_are_read_only():
