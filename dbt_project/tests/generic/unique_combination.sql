@@ -1,0 +1,7 @@
+{# Rows sharing one value of the column combination (generic `unique` checks one column only). #}
+{% test unique_combination(model, columns) %}
+select {{ columns | join(', ') }}, count(*) as n_rows
+from {{ model }}
+group by {{ columns | join(', ') }}
+having count(*) > 1
+{% endtest %}
