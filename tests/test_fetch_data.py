@@ -1,0 +1,254 @@
+"""fetch_data / data_fetch_job against the fake exchange (real ccxt) and the real PostgreSQL."""
+
+from __future__ import annotations
+
+import _data_support
+import ccxt
+import numpy as np
+import pandas as pd
+import pytest
+from _data_support import JAN1_2021, JUN1_2021, H, file_candles, stored
+
+import data_fetch_job
+import db
+from binance import make_exchange
+from binance.fake_exchange import FakeExchange
+from fetch_data import (
+    FetchError,
+    InvalidCandleError,
+    RetryPolicy,
+    fetch_range,
+    parse_time_ms,
+    validate_candles,
+)
+
+FAST = RetryPolicy(max_retries=12, base_delay_s=0.05, max_delay_s=0.5)  # 9 faults may hit one page
+PAIRS = ["BTC/USDT", "ETH/USDT"]
+fresh_db = _data_support.fresh_db  # a throwaway database per test (fixture)
+
+
+@pytest.fixture(scope="module")
+def fake(shared_1h):
+    with FakeExchange(shared_1h, symbols=PAIRS) as server:
+        yield server
+
+
+@pytest.fixture
+def client(fake):
+    fake.clear_faults()
+    fake.set_now(None)
+    yield make_exchange(base_url=fake.url, timeout_ms=1000)
+    fake.clear_faults()
+
+
+def assert_matches_files(engine, folder, label, start=JAN1_2021, end=JUN1_2021):
+    for symbol in PAIRS:
+        got = stored(engine, symbol, exchange=label)
+        expected = file_candles(folder, symbol, start, end)
+        assert len(got) > 3000
+        pd.testing.assert_frame_equal(got, expected, check_exact=True)
+
+
+def test_two_pairs_stored_exactly_and_rerun_inserts_nothing(engine, client, shared_1h):
+    results = data_fetch_job.run_job(
+        PAIRS, ["1h"], JAN1_2021, JUN1_2021, engine, client, exchange="t_exact", show_progress=False
+    )
+    assert [r.status for r in results] == ["ok", "ok"]
+    assert_matches_files(engine, shared_1h, "t_exact")
+    assert [r.rows_inserted for r in results] == [
+        len(file_candles(shared_1h, s, JAN1_2021, JUN1_2021)) for s in PAIRS
+    ]
+    again = data_fetch_job.run_job(
+        PAIRS, ["1h"], JAN1_2021, JUN1_2021, engine, client, exchange="t_exact", show_progress=False
+    )
+    assert [r.rows_inserted for r in again] == [0, 0]
+    assert [r.rows_fetched for r in again] == [r.rows_fetched for r in results]
+    runs = db.fetch_runs(engine).query("exchange == 't_exact'")
+    assert len(runs) == 4 and set(runs.status) == {"ok"}
+    assert runs.rows_inserted.tolist()[2:] == [0, 0]
+
+
+def test_transient_faults_still_store_every_candle_once(engine, client, fake, shared_1h):
+    fake.inject("429", count=2, every=3, retry_after_s=1)
+    fake.inject("500", count=2, every=2)
+    fake.inject("503")
+    fake.inject("slow", count=2, delay_s=1.5)  # beyond the client's 1 s timeout
+    fake.inject("drop")
+    fake.inject("malformed")
+    fake.inject("418", path="/api/v3/exchangeInfo", retry_after_s=1)
+    results = data_fetch_job.run_job(
+        PAIRS,
+        ["1h"],
+        JAN1_2021,
+        JUN1_2021,
+        engine,
+        client,
+        exchange="t_faults",
+        policy=FAST,
+        batch_rows=1000,
+        show_progress=False,
+    )
+    assert [r.status for r in results] == ["ok", "ok"], [r.error for r in results]
+    assert sum(r.retries for r in results) >= 10
+    assert fake.faults == []  # every injected fault was served
+    assert_matches_files(engine, shared_1h, "t_faults")
+
+
+def test_permanent_error_on_one_pair_fails_only_that_pair(fresh_db, fake, shared_1h, monkeypatch, capsys):
+    fake.clear_faults()
+    fake.inject("invalid_symbol", count=-1, symbol="ETH/USDT")
+    monkeypatch.setenv("DATABASE_URL", fresh_db)
+    monkeypatch.setenv("BINANCE_BASE_URL", fake.url)
+    try:
+        code = data_fetch_job.main(
+            [
+                "--pairs",
+                "ETH/USDT,BTC/USDT,DOGE/USDT",
+                "--timeframes",
+                "1h",
+                "--since",
+                "2021-01-01",
+                "--until",
+                "2021-02-01",
+                "--no-progress",
+            ]
+        )
+    finally:
+        fake.clear_faults()
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "FAILED: ETH/USDT 1h, DOGE/USDT 1h" in err
+    assert "Invalid symbol" in out and "unknown symbol DOGE/USDT" in out
+    engine = db.get_engine(fresh_db)
+    pd.testing.assert_frame_equal(
+        stored(engine, "BTC/USDT"),
+        file_candles(shared_1h, "BTC/USDT", JAN1_2021, parse_time_ms("2021-02-01")),
+    )
+    runs = db.fetch_runs(engine)
+    assert runs.set_index("symbol").status.to_dict() == {
+        "ETH/USDT": "failed",
+        "BTC/USDT": "ok",
+        "DOGE/USDT": "failed",
+    }
+
+
+def test_open_candle_is_never_stored_and_resume_picks_it_up_once_closed(engine, client, fake):
+    fake.set_now(JAN1_2021 + 5 * H + 30 * 60_000)  # 05:30: the 05:00 candle is still open
+    result = fetch_range(client, engine, "BTC/USDT", "1h", JAN1_2021, JAN1_2021 + 10 * H, exchange="t_open")
+    assert result.until_ms == JAN1_2021 + 5 * H
+    assert db.newest_open_time_ms(engine, "t_open", "BTC/USDT", "1h") == JAN1_2021 + 4 * H
+    assert result.rows_inserted == 5
+    fake.set_now(JAN1_2021 + 6 * H)  # 05:00 closes exactly now
+    resumed = fetch_range(client, engine, "BTC/USDT", "1h", exchange="t_open")  # no since: resume
+    assert (resumed.since_ms, resumed.rows_inserted) == (JAN1_2021 + 5 * H, 1)
+    assert stored(engine, "BTC/USDT", "t_open").open_time_ms.tolist() == [JAN1_2021 + i * H for i in range(6)]
+
+
+def test_resume_from_newest_or_configured_default(engine, client):
+    first = data_fetch_job.run_job(
+        ["ETH/USDT"],
+        ["1h"],
+        None,
+        JAN1_2021 + 48 * H,
+        engine,
+        client,
+        exchange="t_resume",
+        default_since_ms=JAN1_2021,
+        show_progress=False,
+    )[0]
+    assert (first.since_ms, first.rows_inserted) == (JAN1_2021, 48)
+    second = data_fetch_job.run_job(
+        ["ETH/USDT"],
+        ["1h"],
+        None,
+        JAN1_2021 + 72 * H,
+        engine,
+        client,
+        exchange="t_resume",
+        show_progress=False,
+    )[0]
+    assert (second.since_ms, second.rows_fetched, second.rows_inserted) == (JAN1_2021 + 48 * H, 24, 24)
+
+
+def test_btc_2018_gap_is_reported_not_filled(engine, client):
+    since, until = parse_time_ms("2018-02-01"), parse_time_ms("2018-02-15")
+    result = fetch_range(client, engine, "BTC/USDT", "1h", since, until, exchange="t_gap")
+    gap_start = parse_time_ms("2018-02-08T01:00")
+    big = [g for g in result.gaps if g.missing_bars > 10]
+    # the candles of 2018-02-08 00:00 and 2018-02-09 10:00 are 34 hours apart: 33 candles missing
+    assert big == [db.Gap(gap_start, gap_start + 33 * H, 33)]
+    assert big == [g for g in db.gap_report(engine, "t_gap", "BTC/USDT", "1h") if g.missing_bars > 10]
+    assert db.read_candles(engine, "t_gap", "BTC/USDT", "1h", gap_start, gap_start + 33 * H).empty
+    run = db.fetch_runs(engine).query("exchange == 't_gap'").iloc[0]
+    assert run.gaps == len(result.gaps)
+
+
+def test_permanent_errors_fail_fast_with_clear_messages(engine, client):
+    cases = [
+        (dict(symbol="BTC/USDT", timeframe="7h"), "unsupported timeframe"),
+        (dict(symbol="BTC/USDT", timeframe="1m"), "Invalid interval"),  # the exchange refuses it
+        (dict(symbol="FOO/USDT", timeframe="1h"), "unknown symbol FOO/USDT"),
+        (dict(symbol="BTCUSDT", timeframe="1h"), "bad symbol"),
+        (dict(symbol="BTC/USDT", timeframe="1h", since_ms=JUN1_2021, until_ms=JAN1_2021), "bad dates"),
+        (dict(symbol="BTC/USDT", timeframe="1h", since_ms=parse_time_ms("2030-01-01")), "bad dates"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(FetchError, match=message) as info:
+            fetch_range(client, engine, exchange="t_perm", policy=FAST, sleep=lambda s: None, **kwargs)
+        assert info.value.permanent and info.value.result.status == "failed"
+    with pytest.raises(FetchError, match="bad date"):
+        parse_time_ms("2021-13-01")
+    assert set(db.fetch_runs(engine).query("exchange == 't_perm'").status) == {"failed"}
+
+
+def test_backoff_is_exponential_and_honours_retry_after(engine, client, fake):
+    waits: list[float] = []
+    fake.inject("500", count=3)
+    fake.inject("429", retry_after_s=7)
+    policy = RetryPolicy(max_retries=5, base_delay_s=0.5, max_delay_s=30)
+    fetch_range(
+        client,
+        engine,
+        "ETH/USDT",
+        "1h",
+        JAN1_2021,
+        JAN1_2021 + 2 * H,
+        exchange="t_backoff",
+        policy=policy,
+        sleep=waits.append,
+    )
+    assert waits == [0.5, 1.0, 2.0, 7.0]
+    fake.inject("418", count=-1, retry_after_s=3600)  # a long ban: give up now, retry later
+    with pytest.raises(FetchError, match="wait 3600 s") as info:
+        fetch_range(
+            client,
+            engine,
+            "ETH/USDT",
+            "1h",
+            JAN1_2021,
+            JAN1_2021 + 2 * H,
+            exchange="t_backoff",
+            policy=policy,
+            sleep=waits.append,
+        )
+    assert not info.value.permanent
+
+
+def test_validate_candles():
+    good = [[JAN1_2021, 10.0, 12.0, 9.0, 11.0, 5.0], [JAN1_2021 + H, 11.0, 11.0, 11.0, 11.0, 0.0]]
+    ts, values = validate_candles(good, "BTC/USDT", "1h")
+    assert ts.tolist() == [JAN1_2021, JAN1_2021 + H] and values.shape == (2, 5)
+    broken = {
+        "off the 1h grid": [[JAN1_2021 + 1, 10.0, 12.0, 9.0, 11.0, 5.0]],
+        "not strictly increasing": [good[1], good[0]],
+        "non-positive price": [[JAN1_2021, 0.0, 12.0, 9.0, 11.0, 5.0]],
+        "negative volume": [[JAN1_2021, 10.0, 12.0, 9.0, 11.0, -1.0]],
+        "high below": [[JAN1_2021, 10.0, 10.5, 9.0, 11.0, 5.0]],
+        "low above": [[JAN1_2021, 10.0, 12.0, 10.5, 11.0, 5.0]],
+    }
+    for problem, rows in broken.items():
+        with pytest.raises(InvalidCandleError, match=problem):
+            validate_candles(rows, "BTC/USDT", "1h")
+    with pytest.raises(ccxt.BadResponse):
+        validate_candles([[JAN1_2021, None, 1.0, 1.0, 1.0, 1.0]], "BTC/USDT", "1h")
+    assert np.all(validate_candles([], "BTC/USDT", "1h")[0] == [])
