@@ -414,16 +414,16 @@ def _finite(value: float) -> float:
 # ----------------------------------------------------------------------------------------------
 
 
-def init_ray(address: str | None, log_dir: Path, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None, log_dir: Path, num_cpus: int | None = None) -> str:
     """Join ``address`` (or RAY_ADDRESS) if given, else start a local Ray sized for this machine.
 
     Local Ray keeps its session logs under ``log_dir/ray`` (via a short /tmp dir and a symlink when
-    the path is too long for Ray's Unix sockets).
+    the path is too long for Ray's Unix sockets). Returns a one-line description for the log.
     """
     import ray
 
     if ray.is_initialized():
-        return
+        return "ray already initialized (e.g. inside a Tune trial)"
     address = address or env("RAY_ADDRESS")
     # Workers import Train and SequentialTradingEnv by name: point them at this checkout (on a
     # multi-machine cluster the repository must sit at the same path on every node).
@@ -435,8 +435,9 @@ def init_ray(address: str | None, log_dir: Path, num_cpus: int | None = None) ->
         runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
     )
     if address:
+        _use_cluster_token()
         ray.init(address=address, **common)
-        return
+        return f"ray cluster {address}: {ray.cluster_resources().get('CPU', 0):.0f} CPUs"
     target = log_dir / "ray"
     target.parent.mkdir(parents=True, exist_ok=True)
     if len(str(target.resolve())) <= _MAX_RAY_TEMP_DIR:
@@ -446,7 +447,21 @@ def init_ray(address: str | None, log_dir: Path, num_cpus: int | None = None) ->
         if target.is_symlink() or target.exists():
             target.unlink() if target.is_symlink() else shutil.rmtree(target)
         target.symlink_to(temp_dir, target_is_directory=True)
-    ray.init(num_cpus=num_cpus or os.cpu_count() or 1, _temp_dir=str(temp_dir), **common)
+    cpus = num_cpus or os.cpu_count() or 1
+    ray.init(num_cpus=cpus, _temp_dir=str(temp_dir), **common)
+    return f"local ray: {cpus} CPUs, session logs in {target}"
+
+
+def _use_cluster_token() -> None:
+    """Clusters started by `ray start` (ray 2.60) require the token in ~/.ray/auth_token, but a
+    connecting driver only sends it when RAY_AUTH_MODE=token: turn that on when a token exists."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # other Ray versions: RAY_AUTH_MODE / RAY_AUTH_TOKEN from the environment
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def resolve_num_env_runners(cfg: dict[str, Any]) -> int:
@@ -694,16 +709,18 @@ def train(
     (paths.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     _write_json(paths.run_dir / "manifest.json", manifest)
 
-    init_ray(address, paths.log_dir)
+    ray_info = init_ray(address, paths.log_dir)
     _redirect_rllib_logdir(paths.log_dir)
-    algo = build_algo_config(cfg, splits.train).build_algo()
+    algo_config = build_algo_config(cfg, splits.train)
+    algo = algo_config.build_algo()
     if resume:
         algo.restore_from_path(str((paths.run_dir / "latest").resolve()))
     progress = ProgressLog(paths.log_dir)
     progress.line(
         f"run {paths.run_id}: {'resuming at' if resume else 'starting'} iteration {state['iteration']} "
         f"of {cfg['run']['iterations']}; {len(splits.train.symbols)} pairs, train "
-        f"{splits.train.n_bars} bars, validation {splits.validation.n_bars} bars"
+        f"{splits.train.n_bars} bars, validation {splits.validation.n_bars} bars; {ray_info}; "
+        f"{algo_config.num_env_runners} env runners x {algo_config.num_envs_per_env_runner} envs"
     )
     started = time.monotonic()
     budget = cfg["run"]["time_budget_s"]
@@ -898,7 +915,7 @@ def tune_run(cfg: dict[str, Any], paths: RunPaths, address: str | None = None) -
     best = results.get_best_result()
     if best.metrics is None:
         raise RuntimeError("no Tune trial reported a result; see the trial errors above")
-    best_name = next(d for d in trial_root.iterdir() if d.name.startswith(_trial_prefix(best)))
+    best_name = next(d for d in trial_root.iterdir() if d.name.endswith(best.metrics["trial_id"]))
     for item in best_name.iterdir():
         target = paths.run_dir / item.name
         if item.is_dir():
@@ -916,10 +933,6 @@ def tune_run(cfg: dict[str, Any], paths: RunPaths, address: str | None = None) -
         state["best_iteration"],
         state["best_metrics"],
     )
-
-
-def _trial_prefix(result: Any) -> str:
-    return Path(result.path).name.split("_")[0] + "_" + Path(result.path).name.split("_")[1]
 
 
 # ----------------------------------------------------------------------------------------------
