@@ -142,9 +142,19 @@ def candle_arrays(rows: Any) -> tuple[np.ndarray, np.ndarray]:
     return array[:, 0].astype(np.int64), np.ascontiguousarray(array[:, 1:], dtype=np.float64)
 
 
-def _copy_payload(ts: np.ndarray, values: np.ndarray) -> bytes:
-    rows = np.empty(ts.size, dtype=_PGCOPY_ROW)
-    rows["fields"] = len(CANDLE_COLUMNS)
+def _copy_payload(ts: np.ndarray, values: np.ndarray, key: tuple[str, ...] = ()) -> bytes:
+    """Binary COPY rows ``(*key, open_time_ms, open, high, low, close, volume)``; ``key`` is per batch."""
+    dtype = _PGCOPY_ROW
+    if key:  # constant text columns: (length, bytes) fields in front of the candle's own
+        encoded = [value.encode() for value in key]
+        prefix = [(f"k{i}_len", ">i4") if j == 0 else (f"k{i}", f"S{len(raw)}")
+                  for i, raw in enumerate(encoded) for j in (0, 1)]
+        dtype = np.dtype([_PGCOPY_ROW.descr[0], *prefix, *_PGCOPY_ROW.descr[1:]])
+    rows = np.empty(ts.size, dtype=dtype)
+    rows["fields"] = len(CANDLE_COLUMNS) + len(key)
+    for i, raw in enumerate(encoded if key else []):
+        rows[f"k{i}_len"] = len(raw)
+        rows[f"k{i}"] = raw
     rows["ts_len"] = 8
     rows["ts"] = ts
     for index, name in enumerate(CANDLE_COLUMNS[1:]):
@@ -156,25 +166,49 @@ def _copy_payload(ts: np.ndarray, values: np.ndarray) -> bytes:
 def write_candles(engine: Engine, exchange: str, symbol: str, timeframe: str, rows: Any) -> int:
     """Store candles in ``market.ohlcv`` in ONE transaction; returns how many were new.
 
-    Binary COPY into a session-temporary staging table, then ``INSERT ... ON CONFLICT DO NOTHING``:
-    rows already stored are skipped (a re-run inserts 0) and a failure leaves nothing behind.
+    General path: binary COPY into a session-temporary staging table, then ``INSERT ... ON CONFLICT
+    DO NOTHING``, so rows already stored are skipped (a re-run inserts 0). Append fast path, when the
+    whole batch is newer than the newest stored candle of the series (the usual incremental fetch):
+    binary COPY straight into ``market.ohlcv`` inside a savepoint, falling back to the general path
+    if a concurrent writer stored some of the rows meanwhile. Either way a failure leaves nothing.
     The caller stores CLOSED candles only; values must be finite.
     """
+    import psycopg2.errors
+
     ts, values = candle_arrays(rows)
     if ts.size == 0:
         return 0
     if not np.isfinite(values).all():
         raise ValueError(f"{symbol} {timeframe}: candles with NaN or infinite values cannot be stored")
-    payload = _copy_payload(ts, values)
     with engine.begin() as conn:
         cursor = conn.connection.driver_connection.cursor()
         try:
+            cursor.execute(
+                "SELECT max(open_time_ms) FROM market.ohlcv"
+                " WHERE exchange = %s AND symbol = %s AND timeframe = %s",
+                (exchange, symbol, timeframe),
+            )
+            newest = cursor.fetchone()[0]
+            strictly_increasing = ts.size == 1 or bool(np.all(ts[1:] > ts[:-1]))
+            if strictly_increasing and (newest is None or ts[0] > newest):
+                cursor.execute("SAVEPOINT ohlcv_append")
+                try:
+                    cursor.copy_expert(
+                        "COPY market.ohlcv (exchange, symbol, timeframe, open_time_ms, open, high, low,"
+                        " close, volume) FROM STDIN WITH (FORMAT binary)",
+                        io.BytesIO(_copy_payload(ts, values, (exchange, symbol, timeframe))),
+                    )
+                    cursor.execute("RELEASE SAVEPOINT ohlcv_append")
+                    return int(ts.size)
+                except psycopg2.errors.UniqueViolation:
+                    cursor.execute("ROLLBACK TO SAVEPOINT ohlcv_append")
             # ON COMMIT DELETE ROWS: the table lives as long as the pooled connection, emptied per batch
             cursor.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS ohlcv_stage (open_time_ms bigint, open float8, high float8,"
                 " low float8, close float8, volume float8) ON COMMIT DELETE ROWS"
             )
-            cursor.copy_expert("COPY ohlcv_stage FROM STDIN WITH (FORMAT binary)", io.BytesIO(payload))
+            payload = io.BytesIO(_copy_payload(ts, values))
+            cursor.copy_expert("COPY ohlcv_stage FROM STDIN WITH (FORMAT binary)", payload)
             cursor.execute(
                 "INSERT INTO market.ohlcv (exchange, symbol, timeframe, open_time_ms, open, high, low, close,"
                 " volume) SELECT %s, %s, %s, open_time_ms, open, high, low, close, volume FROM ohlcv_stage"

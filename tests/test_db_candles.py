@@ -45,21 +45,26 @@ def test_write_is_bulk_idempotent_and_exact(engine):
 
 def test_failed_batch_leaves_nothing(engine, monkeypatch):
     rows = candles(100)
+    assert db.write_candles(engine, "t_atomic", "ETH/USDT", "1h", rows[:10]) == 10
     real = db._copy_payload
 
-    def truncated(ts, values):  # a COPY stream cut off mid-row, as if the client died while sending
-        return real(ts, values)[:-40]
+    def truncated(ts, values, key=()):  # a COPY stream cut off mid-row, as if the client died sending
+        return real(ts, values, key)[:-40]
 
     monkeypatch.setattr(db, "_copy_payload", truncated)
-    with pytest.raises(Exception):  # noqa: B017 - psycopg2's error class for a bad COPY stream
-        db.write_candles(engine, "t_atomic", "BTC/USDT", "1h", rows)
+    for symbol in ("BTC/USDT", "ETH/USDT"):  # the append fast path, then the staging path (overlap)
+        with pytest.raises(Exception):  # noqa: B017 - psycopg2's error class for a bad COPY stream
+            db.write_candles(engine, "t_atomic", symbol, "1h", rows)
     monkeypatch.setattr(db, "_copy_payload", real)
     assert db.read_candles(engine, "t_atomic", "BTC/USDT", "1h").empty
+    assert len(db.read_candles(engine, "t_atomic", "ETH/USDT", "1h")) == 10
     with pytest.raises(ValueError, match="NaN"):
         bad = rows.copy()
         bad[50, 4] = np.nan
         db.write_candles(engine, "t_atomic", "BTC/USDT", "1h", bad)
     assert db.write_candles(engine, "t_atomic", "BTC/USDT", "1h", rows) == 100  # the connection is fine
+    # duplicates inside one batch are stored once (they take the staging path)
+    assert db.write_candles(engine, "t_atomic", "SOL/USDT", "1h", np.concatenate([rows[:5], rows[:5]])) == 5
 
 
 def test_gap_report(engine):
