@@ -113,26 +113,24 @@ def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
         if "=" not in item:
             raise ConfigError(f"--set expects KEY=VALUE (e.g. ppo.lr=1e-4), got {item!r}")
         key, raw = item.split("=", 1)
-        out.append((key.strip(), yaml.safe_load(raw)))
+        value = yaml.safe_load(raw)
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads 1e-4 (no dot) as a string; on the command line it means a number
+                value = float(value)
+            except ValueError:
+                pass
+        out.append((key.strip(), value))
     return out
 
 
 def _parse_date_ms(value: Any, where: str) -> int:
     """A UTC date or datetime ('2021-01-01', '2021-01-01T12:00') as epoch milliseconds."""
-    if isinstance(value, dt.datetime):
-        stamp = value
-    elif isinstance(value, dt.date):
-        stamp = dt.datetime(value.year, value.month, value.day)
-    elif isinstance(value, str):
-        try:
-            stamp = dt.datetime.fromisoformat(value)
-        except ValueError as exc:
-            raise ConfigError(f"{where}: {value!r} is not a date (use YYYY-MM-DD)") from exc
-    else:
-        raise ConfigError(f"{where}: expected a date string like 2021-01-01, got {value!r}")
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=dt.UTC)
-    return int(stamp.timestamp() * 1000)
+    from market_data import to_ms
+
+    try:
+        return int(to_ms(value))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {value!r} is not a date (use YYYY-MM-DD, UTC)") from exc
 
 
 def split_ranges_ms(cfg: dict[str, Any]) -> dict[str, tuple[int, int]]:
@@ -211,10 +209,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cfg = merge(cfg, user, str(path))
         if source is not None:
             cfg["data"]["source"] = source
+    # Resolve the env section (all its defaults filled in) before and after the --set overrides, so
+    # that any env key can be overridden and the saved config is complete.
+    cfg["env"] = resolve_env_config(cfg["env"])
     for key, value in parse_overrides(overrides or []):
         cfg = set_path(cfg, key, value)
+    cfg["env"] = resolve_env_config(cfg["env"])
     validate_config(cfg)
     return cfg
+
+
+def resolve_env_config(env_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The env's own validation and defaults (`SequentialTradingEnv.resolve_config`)."""
+    import SequentialTradingEnv
+
+    if not isinstance(env_cfg, dict):
+        raise ConfigError(f"env must be a mapping of env settings, got {env_cfg!r}")
+    return SequentialTradingEnv.resolve_config(env_cfg)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,25 +247,20 @@ def load_splits(cfg: dict[str, Any]) -> Splits:
     """Load the configured market once and cut it into the date splits; an empty split is an error."""
     import market_data
 
-    ranges = split_ranges_ms(cfg)
+    split_ranges_ms(cfg)  # clear errors before any data is loaded
     source = copy.deepcopy(cfg["data"]["source"])
     data = market_data.load(source)
-    parts = {}
-    for name, (start_ms, end_ms) in ranges.items():
-        part = data.slice_time(start_ms, end_ms)
+    covers = f"{_iso(data.open_time_ms[0])} .. {_iso(data.open_time_ms[-1])}" if data.n_bars else "nothing"
+    try:
+        parts = market_data.split_by_dates(data, cfg["data"]["splits"])
+    except ConfigError as exc:
+        raise ConfigError(f"data.splits: {exc}; the data ({source}) covers {covers}") from exc
+    for name, part in parts.items():
         if part.n_bars < 2:
             raise ConfigError(
-                f"data.splits.{name} ({cfg['data']['splits'][name]['start']} .. "
-                f"{cfg['data']['splits'][name]['end']}) holds {part.n_bars} bars of {source}; "
-                "the data covers "
-                + (
-                    f"{_iso(data.open_time_ms[0])} .. {_iso(data.open_time_ms[-1])}"
-                    if data.n_bars
-                    else "nothing"
-                )
+                f"data.splits.{name} holds {part.n_bars} bars of {source}; the data covers {covers}"
             )
-        parts[name] = part
-    return Splits(**parts)
+    return Splits(**{name: parts[name] for name in SPLITS})
 
 
 def _iso(ms: int) -> str:
@@ -518,7 +524,8 @@ def build_algo_config(
                     "specialist": spec(model["specialist_hiddens"]),
                     "meta": spec(model["meta_hiddens"]),
                 }
-            )
+            ),
+            algorithm_config_overrides_per_module={"meta": PPOConfig.overrides(lr=meta_lr)},
         )
         .training(
             lr=ppo["lr"],
@@ -533,7 +540,6 @@ def build_algo_config(
             minibatch_size=ppo["minibatch_size"],
             num_epochs=ppo["num_epochs"],
         )
-        .multi_agent(algorithm_config_overrides_per_module={"meta": PPOConfig.overrides(lr=meta_lr)})
         .learners(num_learners=0)
         .debugging(seed=cfg["run"]["seed"], log_level="WARN")
         .reporting(metrics_num_episodes_for_smoothing=20)

@@ -1,0 +1,195 @@
+"""Train.py: config validation, a smoke run that performance.py can load, resume, and a Ray cluster.
+
+The training tests run the real CLI in a subprocess (real RLlib, real Ray) on configs/smoke.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import Train
+from settings import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def run_cli(tmp_path: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    cmd = [PYTHON, str(ROOT / "Train.py"), *args, "--saved-models", str(tmp_path / "saved"),
+           "--logs", str(tmp_path / "logs")]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration errors (no Ray)
+# ---------------------------------------------------------------------------------------------
+
+
+def write_yaml(path: Path, payload: dict) -> Path:
+    path.write_text(yaml.safe_dump(payload))
+    return path
+
+
+def test_smoke_config_resolves():
+    cfg = Train.load_config(ROOT / "configs" / "smoke.yaml", ["ppo.lr=1e-4", "model.meta_hiddens=[8, 8]"])
+    assert cfg["ppo"]["lr"] == pytest.approx(1e-4)
+    assert cfg["model"]["meta_hiddens"] == [8, 8]
+    assert cfg["run"]["iterations"] == 2  # from smoke.yaml
+    assert cfg["ppo"]["gamma"] == 0.5  # default from train.yaml
+
+
+@pytest.mark.parametrize(
+    ("payload", "overrides", "message"),
+    [
+        ({"ppo": {"learning_rate": 1e-3}}, [], "learning_rate"),
+        ({"bogus": 1}, [], "bogus"),
+        ({}, ["ppo.lrr=1"], "lrr"),
+        ({}, ["ppo.lr"], "KEY=VALUE"),
+        ({"data": {"splits": {"train": {"start": "2020-13-01", "end": "2021-01-01"}}}}, [], "not a date"),
+        ({"data": {"splits": {"train": {"start": "2021-01-01", "end": "2020-01-01"}}}}, [], "before end"),
+        ({"data": {"splits": {"validation": {"start": "2020-06-01", "end": "2021-04-01"}}}}, [], "overlap"),
+        ({"data": {"splits": {"test": {"start": "2020-12-01", "end": "2021-07-01"}}}}, [], "overlap"),
+        ({"ppo": {"gamma": 1.5}}, [], "gamma"),
+        ({"ppo": {"train_batch_size": 0}}, [], "train_batch_size"),
+        ({"validation": {"metric": "profit"}}, [], "validation.metric"),
+        ({"model": {"meta_hiddens": []}}, [], "meta_hiddens"),
+    ],
+)
+def test_bad_config_is_a_clear_error(tmp_path, payload, overrides, message):
+    path = write_yaml(tmp_path / "bad.yaml", payload)
+    with pytest.raises(ConfigError, match=message):
+        Train.load_config(path, overrides)
+
+
+def test_empty_split_is_a_clear_error(tmp_path):
+    cfg = Train.load_config(ROOT / "configs" / "smoke.yaml")
+    cfg = Train.set_path(cfg, "data.splits.test", {"start": "2035-01-01", "end": "2035-02-01"})
+    with pytest.raises(ConfigError, match=r"split test holds no bars.*covers 2020-01-01"):
+        Train.load_splits(cfg)
+
+
+def test_cli_reports_config_errors(tmp_path, capsys):
+    code = Train.main(["--config", "configs/smoke.yaml", "--set", "ppo.nope=1", "--saved-models",
+                       str(tmp_path), "--logs", str(tmp_path)])  # fmt: skip
+    assert code == 2
+    assert "unknown key 'nope'" in capsys.readouterr().err
+    assert Train.main(["--run-id", "missing", "--resume", "--saved-models", str(tmp_path)]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Training (real RLlib)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_smoke_run_is_loadable_and_resumes(tmp_path):
+    run_cli(tmp_path, "--config", "configs/smoke.yaml", "--run-id", "smoke")
+    run_dir, log_dir = tmp_path / "saved" / "smoke", tmp_path / "logs" / "smoke"
+    for name in ("config.yaml", "manifest.json", "metrics.json", "state.json", "checkpoint", "latest"):
+        assert (run_dir / name).exists(), name
+    assert (log_dir / "progress.log").read_text().count("agent-steps/s") == 2
+    assert list((log_dir / "tensorboard").glob("events.*"))
+    assert (log_dir / "ray").exists()  # Ray's own session logs stay with the run
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["rows"] > 0 and len(manifest["train_hash"]) == 64
+    final = json.loads((run_dir / "metrics.json").read_text())
+    assert final["iterations"] == 2 and final["best_iteration"] in (1, 2)
+
+    # What performance.py does: load the run and play the deterministic policy on the test split.
+    cfg, manifest2, policy = Train.load_run(run_dir)
+    assert manifest2 == manifest
+    splits = Train.load_splits(cfg)
+    assert Train.data_hash(splits.train) == manifest["train_hash"]
+    records = [Train.play_episode(Train.make_env(cfg, splits.test, mode="eval"), policy) for _ in range(2)]
+    assert len(records[0].equity) == splits.test.n_bars or len(records[0].equity) > 1
+    assert np.all(np.isfinite(records[0].equity))
+    np.testing.assert_array_equal(records[0].equity, records[1].equity)  # deterministic
+
+    # Resume: continues from iteration 2 to 3, keeps the log and the run's identity.
+    run_cli(tmp_path, "--run-id", "smoke", "--resume", "--set", "run.iterations=3")
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["iteration"] == 3
+    assert "resuming at iteration 2" in (log_dir / "progress.log").read_text()
+    rows = (log_dir / "progress.csv").read_text().strip().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["1", "2", "3"]
+    assert json.loads((run_dir / "metrics.json").read_text())["iterations"] == 3
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_training_joins_a_local_ray_cluster(tmp_path):
+    port = _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rayc_", dir="/tmp")  # short: Ray's socket paths are limited
+    # --block keeps `ray start` in the foreground: ending that one process stops exactly this
+    # cluster (a plain `ray stop` would also stop other Ray instances on a shared machine).
+    head = subprocess.Popen(
+        [
+            RAY,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "2",
+            "--include-dashboard",
+            "false",
+            "--temp-dir",
+            temp_dir,
+            "--ray-client-server-port",
+            str(_free_port()),
+            "--dashboard-agent-listen-port",
+            str(_free_port()),
+            "--disable-usage-stats",
+        ],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        address = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        # `ray start` turns on token auth (token in ~/.ray/auth_token); the health check must send it.
+        check_env = {**os.environ, "RAY_AUTH_MODE": "token"}
+        check = [RAY, "health-check", "--address", address]
+        while subprocess.run(check, env=check_env, capture_output=True).returncode:
+            assert head.poll() is None, "ray start --head exited"
+            assert time.monotonic() < deadline, "the Ray head did not come up"
+            time.sleep(1)
+        run_cli(tmp_path, "--config", "configs/smoke.yaml", "--run-id", "cluster", "--address", address,
+                "--set", "run.iterations=1", "--set", "resources.num_env_runners=1")  # fmt: skip
+        log = (tmp_path / "logs" / "cluster" / "progress.log").read_text()
+        assert f"ray cluster {address}" in log
+        assert not (tmp_path / "logs" / "cluster" / "ray").exists()  # the cluster keeps its own logs
+        Train.load_run(tmp_path / "saved" / "cluster")
+    finally:
+        head.terminate()  # `ray start --block` then shuts down the processes of its own cluster
+        try:
+            head.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
