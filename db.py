@@ -166,11 +166,11 @@ def _copy_payload(ts: np.ndarray, values: np.ndarray, key: tuple[str, ...] = ())
 def write_candles(engine: Engine, exchange: str, symbol: str, timeframe: str, rows: Any) -> int:
     """Store candles in ``market.ohlcv`` in ONE transaction; returns how many were new.
 
-    General path: binary COPY into a session-temporary staging table, then ``INSERT ... ON CONFLICT
-    DO NOTHING``, so rows already stored are skipped (a re-run inserts 0). Append fast path, when the
-    whole batch is newer than the newest stored candle of the series (the usual incremental fetch):
-    binary COPY straight into ``market.ohlcv`` inside a savepoint, falling back to the general path
-    if a concurrent writer stored some of the rows meanwhile. Either way a failure leaves nothing.
+    Rows newer than the series' newest stored candle (the usual incremental fetch) are appended by
+    binary COPY straight into ``market.ohlcv`` inside a savepoint. Older rows (and everything, if a
+    concurrent writer got in first) take the general path: binary COPY into a session-temporary
+    staging table, then ``INSERT ... ON CONFLICT DO NOTHING``, so rows already stored are skipped
+    (a re-run inserts 0). Either way a failure leaves nothing behind.
     The caller stores CLOSED candles only; values must be finite.
     """
     import psycopg2.errors
@@ -189,19 +189,27 @@ def write_candles(engine: Engine, exchange: str, symbol: str, timeframe: str, ro
                 (exchange, symbol, timeframe),
             )
             newest = cursor.fetchone()[0]
-            strictly_increasing = ts.size == 1 or bool(np.all(ts[1:] > ts[:-1]))
-            if strictly_increasing and (newest is None or ts[0] > newest):
-                cursor.execute("SAVEPOINT ohlcv_append")
-                try:
-                    cursor.copy_expert(
-                        "COPY market.ohlcv (exchange, symbol, timeframe, open_time_ms, open, high, low,"
-                        " close, volume) FROM STDIN WITH (FORMAT binary)",
-                        io.BytesIO(_copy_payload(ts, values, (exchange, symbol, timeframe))),
-                    )
-                    cursor.execute("RELEASE SAVEPOINT ohlcv_append")
-                    return int(ts.size)
-                except psycopg2.errors.UniqueViolation:
-                    cursor.execute("ROLLBACK TO SAVEPOINT ohlcv_append")
+            # Rows newer than the newest stored candle cannot conflict (barring a concurrent writer): they
+            # go straight in; only the older part of the batch needs the staging table.
+            appended = 0
+            if ts.size == 1 or bool(np.all(ts[1:] > ts[:-1])):
+                split = 0 if newest is None else int(np.searchsorted(ts, newest, side="right"))
+                if split < ts.size:
+                    key = (exchange, symbol, timeframe)
+                    cursor.execute("SAVEPOINT ohlcv_append")
+                    try:
+                        cursor.copy_expert(
+                            "COPY market.ohlcv (exchange, symbol, timeframe, open_time_ms, open, high, low,"
+                            " close, volume) FROM STDIN WITH (FORMAT binary)",
+                            io.BytesIO(_copy_payload(ts[split:], values[split:], key)),
+                        )
+                        cursor.execute("RELEASE SAVEPOINT ohlcv_append")
+                        appended = int(ts.size - split)
+                        ts, values = ts[:split], values[:split]
+                    except psycopg2.errors.UniqueViolation:
+                        cursor.execute("ROLLBACK TO SAVEPOINT ohlcv_append")  # someone else wrote: stage all
+            if ts.size == 0:
+                return appended
             # ON COMMIT DELETE ROWS: the table lives as long as the pooled connection, emptied per batch
             cursor.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS ohlcv_stage (open_time_ms bigint, open float8, high float8,"
@@ -215,7 +223,7 @@ def write_candles(engine: Engine, exchange: str, symbol: str, timeframe: str, ro
                 " ON CONFLICT DO NOTHING",
                 (exchange, symbol, timeframe),
             )
-            return cursor.rowcount
+            return appended + cursor.rowcount
         finally:
             cursor.close()
 
