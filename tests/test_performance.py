@@ -185,3 +185,71 @@ def test_refuses_empty_range():
         perf.select_range(cfg, market, None, "yesterday", None)
     part, _ = perf.select_range(cfg, market, None, "2020-09-14", "2020-09-14T06:00")
     assert part.n_bars == 6
+
+
+# ------------------------------------------------------------------------------ end to end (slow)
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """A run trained by Train.py's CLI on configs/smoke.yaml (real RLlib, about a minute)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    base = tmp_path_factory.mktemp("perf_smoke")
+    cmd = [sys.executable, str(root / "Train.py"), "--config", "configs/smoke.yaml", "--run-id", "smoke",
+           "--saved-models", str(base / "saved"), "--logs", str(base / "logs")]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"smoke training failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return base / "saved" / "smoke"
+
+
+@pytest.mark.slow
+def test_backtest_smoke_run_end_to_end(smoke_run, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert perf.main(["--run", str(smoke_run), "--split", "test", "--out", str(out)]) == 0
+    console = capsys.readouterr().out
+    for name in ("agent", *perf.BENCHMARKS, *metrics.METRIC_NAMES):
+        assert name in console
+    for name in ("metrics.json", "equity.csv", "report.html", "equity.png", "drawdowns.png", "allocation.png",
+                 "contribution.png", "calls.png"):
+        assert (out / name).stat().st_size > 0, name
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["periods_per_year"] == 8760
+    for name in ("agent", *perf.BENCHMARKS):
+        assert set(data[name]) == set(metrics.METRIC_NAMES), name
+    assert data["cash"]["total_return"] == 0.0
+
+    # The agent's recorded path is the env's own accounting; deterministic from run to run.
+    import Train
+
+    cfg, manifest, policy = Train.load_run(smoke_run)
+    test = Train.load_splits(cfg).test
+    episode = Train.play_episode(Train.make_env(cfg, test, mode="eval"), policy, seed=cfg["run"]["seed"])
+    rows = (out / "equity.csv").read_text().splitlines()
+    agent_equity = np.array([float(r.split(",")[1]) for r in rows[1:]])
+    np.testing.assert_allclose(agent_equity[-1], episode.equity[-1], rtol=1e-12)
+    second = perf.backtest(smoke_run, tmp_path / "again", split="test")
+    np.testing.assert_array_equal(second.records["agent"].equity, agent_equity)
+
+
+@pytest.mark.slow
+def test_backtest_refuses_bad_inputs(smoke_run, tmp_path, capsys):
+    # Other pairs than the run's (a CSV folder with one unrelated pair).
+    csv_dir = tmp_path / "csv"
+    csv_dir.mkdir()
+    with pytest.raises(perf.BacktestError):
+        perf.backtest(smoke_run, tmp_path / "x", data_dir=csv_dir)
+    assert perf.main(["--run", str(smoke_run), "--start", "2035-01-01", "--out", str(tmp_path / "y")]) == 2
+    assert "holds 0 bars" in capsys.readouterr().err
+    # A corrupt checkpoint: the module weights are truncated.
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(smoke_run, broken)
+    for state in (broken / "checkpoint").rglob("module_state*"):
+        state.write_bytes(b"not a checkpoint")
+    assert perf.main(["--run", str(broken), "--out", str(tmp_path / "z")]) == 2
+    assert "corrupt" in capsys.readouterr().err
