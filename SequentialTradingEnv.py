@@ -53,6 +53,7 @@ import numpy as np
 from gymnasium.utils import seeding
 from pettingzoo import AECEnv
 from pettingzoo.utils import wrappers
+from pettingzoo.utils.env_logger import EnvLogger
 
 import specialists as rules_mod
 from market_data import MarketData
@@ -287,6 +288,8 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention for the un
         self.learned_pairs = [i for i, kind in enumerate(kinds) if kind == rules_mod.LEARNED]
         self.possible_agents = [names_by_pair[i] for i in self.learned_pairs] + [META]
         self._pair_of = {names_by_pair[i]: i for i in self.learned_pairs}
+        self._learned_agents = self.possible_agents[:-1]
+        self._learned_items = list(self._pair_of.items())
         self._next_agent = dict(zip(self.possible_agents[:-1], self.possible_agents[1:], strict=True))
 
         # ---- spaces, built once
@@ -306,6 +309,13 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention for the un
 
         # ---- market arrays and settings used every bar
         self._open, self._close = data.open, data.close
+        # Per-bar price moves used by every reward, computed once: gap (open - previous close), body
+        # (close - open) and its log ratio. Row t describes bar t (row 0's gap is unused).
+        self._gap = np.vstack((np.zeros((1, n)), data.open[1:] - data.close[:-1]))
+        self._body = data.close - data.open
+        self._log_body = np.log(data.close / data.open)
+        self._no_cost = np.zeros(n)
+        self._no_cost.flags.writeable = False
         self._volume = data.volume
         self._times = data.open_time_ms.tolist()
         self.portfolio = Portfolio.from_config(self.symbols, cfg["portfolio"], where="env.portfolio")
@@ -316,8 +326,8 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention for the un
         self._band = float(cfg["meta"]["rebalance_band"])
         rw = cfg["rewards"]
         self._scale = float(rw["scale"])
-        self._meta_w = np.array([float(rw["meta"][k]) for k in META_REWARD_NAMES])
-        self._spec_w = np.array([float(rw["specialist"][k]) for k in REWARD_NAMES])
+        self._meta_w_list = [float(rw["meta"][k]) for k in META_REWARD_NAMES]
+        self._spec_w_scaled = self._scale * np.array([float(rw["specialist"][k]) for k in REWARD_NAMES])
         self._ruin_penalty = float(rw["ruin_penalty"])
         self._ruin_fraction = float(cfg["ruin_fraction"])
         self._episode_length = int(cfg["episode_length"])
@@ -432,75 +442,98 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention for the un
     # ------------------------------------------------------------------ mechanics
     def target_weights(self, logits: Any) -> np.ndarray:
         """Meta action -> target weights (N pairs then cash): clip, softmax, weight limits."""
-        a = np.asarray(logits, dtype=np.float64).reshape(-1)
-        if a.shape[0] != self.n_pairs + 1 or not np.all(np.isfinite(a)):
+        # Plain floats: for a few dozen values they beat numpy's per-call overhead several times.
+        values = np.asarray(logits, dtype=np.float64).reshape(-1).tolist()
+        if len(values) != self.n_pairs + 1 or not math.isfinite(sum(values)):
             raise ValueError(f"meta: action must be {self.n_pairs + 1} finite logits, got {logits!r}")
-        a = np.clip(a, -self._logit_limit, self._logit_limit)
-        e = np.exp(a - a.max())
-        w = e / e.sum()
+        hi = self._logit_limit
+        top = min(max(values), hi)
+        exps = [math.exp(min(max(v, -hi), hi) - top) for v in values]
+        total = sum(exps)
+        w = [e / total for e in exps]
         if self._max_pair < 1.0 or self._min_cash > 0.0:
-            pairs = np.minimum(w[:-1], self._max_pair)
-            held = pairs.sum()
+            pairs = [min(x, self._max_pair) for x in w[:-1]]
+            held = sum(pairs)
             if held > 1.0 - self._min_cash:
-                pairs *= (1.0 - self._min_cash) / held
-            w = np.append(pairs, 0.0)
-            w[-1] = max(1.0 - pairs.sum(), 0.0)
-        return w
+                factor = (1.0 - self._min_cash) / held
+                pairs = [x * factor for x in pairs]
+            w = pairs + [max(1.0 - sum(pairs), 0.0)]
+        return np.array(w)
 
     def _settle(self, target: np.ndarray) -> None:
         """Execute ``target`` at the next bar's open, mark at its close, reward, advance one bar."""
         pf = self.portfolio
-        t, t1 = self.bar, self.bar + 1
-        open1, close1, close0 = self._open[t1], self._close[t1], self._close[t]
+        n = self.n_pairs
+        t1 = self.bar + 1
+        open1 = self._open[t1]
         value0 = self.portfolio_value
         qty0 = pf.qty.copy()
-        value_open = pf.cash + float(qty0 @ open1)
-        current = np.append(qty0 * open1, pf.cash) / value_open if value_open > 0.0 else self._weights
-        turnover = 0.5 * float(np.abs(target - current).sum())
+        cash0 = pf.cash
+        value_open = cash0 + float(qty0.dot(open1))
+        if value_open > 0.0:
+            turnover = 0.5 * (
+                float(np.abs(target[:n] - qty0 * open1 / value_open).sum())
+                + abs(target[n] - cash0 / value_open)
+            )
+        else:
+            turnover = 0.0
         if turnover > self._band:
             pf.rebalance(target, open1, self._volume[t1] if self._need_volume else None, self._times[t1])
-            cost = pf.last_fees + pf.last_slippage
             fees = pf.last_fees
+            cost = fees + pf.last_slippage if pf._slip or pf._impact else fees
         else:
-            cost = fees = np.zeros(self.n_pairs)
+            cost = fees = self._no_cost
             turnover = 0.0
         qty1 = pf.qty
-        held = qty1 * close1
-        value1 = pf.cash + float(held.sum())
+        held = qty1 * self._close[t1]
+        cash1 = pf.cash
+        value1 = cash1 + float(held.sum())
         # Per-pair reward components; their return and cost parts add up to value1 / value0 - 1.
-        vectors = np.empty((self.n_pairs, len(REWARD_NAMES)))
-        ret = (qty0 * (open1 - close0) + qty1 * (close1 - open1)) / value0
+        inv0 = 1.0 / value0
+        ret = (qty0 * self._gap[t1] + qty1 * self._body[t1]) * inv0
+        vectors = np.empty((n, 4))
         vectors[:, 0] = ret
-        vectors[:, 1] = -ret * ret
-        vectors[:, 2] = -cost / value0
-        vectors[:, 3] = self._calls * np.log(close1 / open1)
-        log_return = math.log(value1 / value0) if value1 > 0.0 else -math.inf
+        vectors[:, 1] = ret * ret
+        vectors[:, 1] *= -1.0
+        vectors[:, 2] = cost * -inv0
+        vectors[:, 3] = self._calls * self._log_body[t1]
+        log_return = math.log(value1 * inv0) if value1 > 0.0 else -math.inf
+        sums = vectors[:, :3].sum(axis=0).tolist()
+        ruined = value1 <= self._ruin_fraction * pf.initial_cash
 
         self.bar = t1
         self.portfolio_value = value1
-        self._weights = np.append(held, pf.cash) / value1 if value1 > 0.0 else np.eye(self.n_pairs + 1)[-1]
+        if value1 > 0.0:
+            weights = np.empty(n + 1)
+            weights[:n] = held
+            weights[n] = cash1
+            weights *= 1.0 / value1
+            self._weights = weights
+        else:
+            self._weights = np.eye(n + 1)[-1]
         self.last_target, self.last_turnover, self.last_fees = target, turnover, fees
         self.last_log_return, self.last_reward_vectors = log_return, vectors
-        ruined = value1 <= self._ruin_fraction * pf.initial_cash
-
-        meta_parts = np.array(
-            [
-                log_return if math.isfinite(log_return) else -1e3,
-                ret.sum(),
-                vectors[:, 1].sum(),
-                vectors[:, 2].sum(),
-            ]
-        )
-        meta_reward = self._scale * float(meta_parts @ self._meta_w) - (self._ruin_penalty if ruined else 0.0)
-        spec_rewards = self._scale * (vectors @ self._spec_w)
         self._calls = self._rule_calls[t1].copy()
 
-        rewards = self.rewards
-        infos = self.infos
-        for agent, i in self._pair_of.items():
-            rewards[agent] = float(spec_rewards[i])
-            infos[agent] = {"reward_vector": vectors[i], "bar": t1}
+        mw = self._meta_w_list
+        meta_reward = self._scale * (
+            mw[0] * (log_return if value1 > 0.0 else -1e3)
+            + mw[1] * sums[0]
+            + mw[2] * sums[1]
+            + mw[3] * sums[2]
+        )
+        if ruined:
+            meta_reward -= self._ruin_penalty
+        rewards, infos, cumulative = self.rewards, self.infos, self._cumulative_rewards
+        if self._learned_agents:
+            spec_rewards = (vectors @ self._spec_w_scaled).tolist()
+            for agent, i in self._learned_items:
+                reward = spec_rewards[i]
+                rewards[agent] = reward
+                cumulative[agent] += reward
+                infos[agent] = {"reward_vector": vectors[i], "bar": t1}
         rewards[META] = meta_reward
+        cumulative[META] += meta_reward
         infos[META] = {
             "reward_vector": vectors,
             "log_return": log_return,
@@ -508,8 +541,6 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention for the un
             "value": value1,
             "bar": t1,
         }
-        for agent in self.agents:
-            self._cumulative_rewards[agent] += rewards[agent]
         self._rewards_set = True
         if ruined or t1 >= self.stop_bar:
             flags = self.terminations if ruined else self.truncations
@@ -517,6 +548,43 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention for the un
                 flags[agent] = True
 
 
+def _forward(name: str) -> property:
+    """A read-only attribute of the wrapped env that, like the wrapper's own lookup, refuses to
+    answer before reset()."""
+
+    def get(self: _OrderEnforcing) -> Any:
+        if not self._has_reset:
+            raise AttributeError(f"{name} cannot be accessed before reset")
+        return getattr(self.env, name)
+
+    return property(get)
+
+
+class _OrderEnforcing(wrappers.OrderEnforcingWrapper):
+    """PettingZoo's order-enforcing wrapper with one-hop access to what every step reads.
+
+    The stock wrapper resolves ``agent_selection``, ``terminations``, ``last()``... through two
+    ``__getattr__`` hops each, several per agent step, which made it cost more than the env itself.
+    Same checks, same errors.
+    """
+
+    agent_selection = _forward("agent_selection")
+    agents = _forward("agents")
+    rewards = _forward("rewards")
+    terminations = _forward("terminations")
+    truncations = _forward("truncations")
+    infos = _forward("infos")
+
+    @property
+    def _cumulative_rewards(self) -> dict[str, float]:
+        return self.env._cumulative_rewards
+
+    def last(self, observe: bool = True) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        if not self._has_reset:
+            EnvLogger.error_observe_before_reset()
+        return self.env.last(observe)
+
+
 def env(**kwargs: Any) -> AECEnv:
     """The AEC env wrapped like PettingZoo's own (order enforcing); keywords as `raw_env`."""
-    return wrappers.OrderEnforcingWrapper(raw_env(**kwargs))
+    return _OrderEnforcing(raw_env(**kwargs))

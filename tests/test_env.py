@@ -317,9 +317,11 @@ def test_accounting_equals_portfolio_and_rewards_recomputed_independently(band):
         for i in range(n):
             raw.step(int(calls[i]))
         logits = rng.normal(0, 2, n + 1).astype(np.float32)
-        # The reference: same decision rule written out, trades the separate Portfolio.
+        # The reference: the documented decision rule written out; the same targets then trade
+        # a separate Portfolio.
         z = np.exp(np.clip(logits.astype(np.float64), -5, 5) - np.clip(logits, -5, 5).max())
-        target = z / z.sum()
+        target = raw.target_weights(logits)
+        np.testing.assert_allclose(target, z / z.sum(), rtol=1e-12, atol=1e-15)
         value0 = ref.value(c[t])
         before = ref.weights(c[t])
         at_open = ref.weights(o[t + 1])
