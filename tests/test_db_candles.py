@@ -99,3 +99,33 @@ def test_fetch_runs_are_recorded(engine):
         assert (
             conn.execute(text("SELECT count(*) FROM market.fetch_runs WHERE job_id = 'job-x'")).scalar() == 1
         )
+
+
+def test_concurrent_writer_falls_back_to_the_staging_path(engine):
+    """Another transaction stores one of the batch's candles first: the append COPY would violate the
+    key, so the batch is re-done through the staging table and that candle is skipped."""
+    import threading
+
+    rows = candles(10)
+    other = engine.connect()
+    transaction = other.begin()
+    other.execute(
+        text(
+            "INSERT INTO market.ohlcv (exchange, symbol, timeframe, open_time_ms, open, high, low, close,"
+            " volume)"
+            " VALUES ('t_race', 'BTC/USDT', '1h', :ts, 1, 1, 1, 1, 1)"
+        ),
+        {"ts": int(rows[5, 0])},
+    )
+    outcome: list[object] = []
+    writer = threading.Thread(
+        target=lambda: outcome.append(db.write_candles(engine, "t_race", "BTC/USDT", "1h", rows))
+    )
+    writer.start()  # its COPY waits on the uncommitted row (or sees it committed): same outcome
+    writer.join(timeout=0.5)
+    transaction.commit()
+    other.close()
+    writer.join(timeout=30)
+    assert outcome == [9]
+    frame = db.read_candles(engine, "t_race", "BTC/USDT", "1h")
+    assert len(frame) == 10 and frame.close.iloc[5] == 1.0  # the other writer's candle was kept

@@ -252,3 +252,17 @@ def test_validate_candles():
     with pytest.raises(ccxt.BadResponse):
         validate_candles([[JAN1_2021, None, 1.0, 1.0, 1.0, 1.0]], "BTC/USDT", "1h")
     assert np.all(validate_candles([], "BTC/USDT", "1h")[0] == [])
+
+
+def test_fetch_data_cli(fresh_db, fake, monkeypatch, capsys):
+    import fetch_data
+
+    fake.clear_faults()
+    fake.set_now(None)
+    monkeypatch.setenv("DATABASE_URL", fresh_db)
+    monkeypatch.setenv("BINANCE_BASE_URL", fake.url)
+    args = ["BTC/USDT", "--timeframe", "1h", "--since", "2021-01-01", "--until", "2021-01-02"]
+    assert fetch_data.main(args) == 0
+    assert "24 inserted of 24 fetched" in capsys.readouterr().out
+    assert fetch_data.main(["BTC/USDT", "--timeframe", "7h"]) == 1
+    assert "FAILED BTC/USDT 7h: unsupported timeframe" in capsys.readouterr().out
