@@ -5,9 +5,10 @@ Rules (thresholds in ``configs/airflow.yaml``, section ``quality``):
 - stale: the newest stored candle of a pair/timeframe lags the last bar closed by ``end_ms`` (the
   run's interval end, not the wall clock, so re-runs of old intervals judge the same way) by more
   than ``max_lag_bars`` bars, or nothing is stored at all.
-- new gap: two consecutive stored candles further apart than one bar, where the later one opens
-  within the last ``gap_lookback_bars`` bars before ``end_ms``. Older gaps (such as Binance's own
-  outages, which are reported by the fetch job and never filled) do not fail every later run.
+- new gap: missing candles between two stored ones inside the last ``gap_lookback_bars`` bars
+  before ``end_ms`` (``db.gap_report``). Older gaps (such as Binance's own outages, which the fetch
+  job reports and never fills) do not fail every later run; a hole longer than the window shows up
+  as staleness while it lasts.
 - features lag: ``features.indicators`` (dbt) does not reach the newest stored candle.
 
 ``python data_quality.py`` runs the checks for the configured pairs against now and prints a table.
@@ -58,28 +59,6 @@ class QualityReport:
         return "\n".join(lines)
 
 
-_NEWEST_SQL = text(
-    "SELECT max(open_time_ms) FROM market.ohlcv "
-    "WHERE exchange = :exchange AND symbol = :symbol AND timeframe = :timeframe"
-)
-# Gaps whose later candle opens in [lo, hi). The scan starts at the last candle before lo (an index
-# lookup), so a gap straddling the window start is found however long it is.
-_GAPS_SQL = text(
-    """
-    SELECT prev_ms, open_time_ms FROM (
-        SELECT open_time_ms, lag(open_time_ms) OVER (ORDER BY open_time_ms) AS prev_ms
-        FROM market.ohlcv
-        WHERE exchange = :exchange AND symbol = :symbol AND timeframe = :timeframe
-          AND open_time_ms < :hi
-          AND open_time_ms >= coalesce((
-              SELECT max(open_time_ms) FROM market.ohlcv
-              WHERE exchange = :exchange AND symbol = :symbol AND timeframe = :timeframe
-                AND open_time_ms < :lo), :lo)
-    ) AS t
-    WHERE open_time_ms >= :lo AND open_time_ms - prev_ms > :bar_ms
-    ORDER BY open_time_ms
-    """
-)
 _FEATURES_SQL = text(
     "SELECT max(open_time_ms) FROM features.indicators "
     "WHERE exchange = :exchange AND symbol = :symbol AND timeframe = :timeframe"
@@ -96,6 +75,7 @@ def check_market_data(
     check_features: bool = True,
 ) -> QualityReport:
     """Check every (symbol, timeframe) in ``series`` as of ``end_ms``; never raises on findings."""
+    import db
     from binance import timeframe_ms
     from orchestration import format_ms
 
@@ -108,7 +88,7 @@ def check_market_data(
             bar_ms = timeframe_ms(timeframe)
             key = {"exchange": exchange, "symbol": symbol, "timeframe": timeframe}
             report.checked.append((symbol, timeframe))
-            newest = conn.execute(_NEWEST_SQL, key).scalar()
+            newest = db.newest_open_time_ms(engine, exchange, symbol, timeframe)
             report.newest_ms[f"{symbol} {timeframe}"] = newest
             last_closed_ms = (end_ms // bar_ms) * bar_ms - bar_ms
             if newest is None:
@@ -122,12 +102,11 @@ def check_market_data(
                     f"{format_ms(last_closed_ms)} (allowed {max_lag_bars})",
                 ))
             lo = end_ms - gap_lookback_bars * bar_ms
-            gaps = conn.execute(_GAPS_SQL, {**key, "lo": lo, "hi": end_ms, "bar_ms": bar_ms}).all()
-            for prev_ms, next_ms in gaps:
-                missing = (next_ms - prev_ms) // bar_ms - 1
+            for gap in db.gap_report(engine, exchange, symbol, timeframe, lo, end_ms):
                 report.issues.append(QualityIssue(
                     symbol, timeframe, "gap",
-                    f"{missing} missing bar(s) between {format_ms(prev_ms)} and {format_ms(next_ms)}",
+                    f"{gap.missing_bars} missing bar(s) from {format_ms(gap.start_ms)} "
+                    f"to {format_ms(gap.end_ms)}",
                 ))
             if check_features:
                 newest_feature = conn.execute(_FEATURES_SQL, key).scalar() if features_exist else None

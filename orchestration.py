@@ -36,7 +36,7 @@ _SCHEMA: dict[str, Any] = {
     "since": None,
     "ingest": {"schedule", "start_date"},
     "fetch": {"pool", "pool_slots", "retries", "retry_delay_s", "retry_backoff", "max_retry_delay_s",
-              "timeout_s"},
+              "timeout_s", "request_retries"},
     "backfill": {"chunk_days"},
     "quality": {"max_lag_bars", "gap_lookback_bars"},
     "dbt": {"build_args"},
@@ -63,6 +63,7 @@ class FetchPolicy:
     retry_backoff: float
     max_retry_delay_s: float
     timeout_s: float
+    request_retries: int | None  # per-request retries inside one attempt; None = configs/data.yaml's
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ def load_config(path: str | Path | None = None) -> PipelineConfig:
         retry_backoff=float(fetch["retry_backoff"]),
         max_retry_delay_s=float(fetch["max_retry_delay_s"]),
         timeout_s=float(fetch["timeout_s"]),
+        request_retries=None if fetch.get("request_retries") is None else int(fetch["request_retries"]),
     )
     if policy.pool_slots < 1 or policy.retries < 0 or policy.retry_backoff < 1:
         raise ConfigError("fetch: pool_slots must be >= 1, retries >= 0 and retry_backoff >= 1")
@@ -235,18 +237,29 @@ def _jsonable(record: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
-def run_fetch(target: dict[str, Any]) -> dict[str, Any]:
+def run_fetch(target: dict[str, Any], config: PipelineConfig | None = None) -> dict[str, Any]:
     """Fetch one target through ``data_fetch_job.run_job`` and return its result as a dict.
 
     Raises :class:`PermanentFetchError` when retrying cannot help, :class:`FetchError` otherwise,
     so the Airflow task fails (and retries) for this target only.
     """
+    import dataclasses
+
     import data_fetch_job  # imported lazily: DAG parsing must stay light
 
+    config = config or load_config()
+    policy = None
+    if config.fetch.request_retries is not None:
+        policy = dataclasses.replace(
+            data_fetch_job._policy(data_fetch_job.load_config()["fetch"]),
+            max_retries=config.fetch.request_retries,
+        )
     log.info("fetching %s", target_label(target))
     results = data_fetch_job.run_job(
         [target["symbol"]], [target["timeframe"]], since_ms=target.get("since_ms"),
-        until_ms=target.get("until_ms"),
+        until_ms=target.get("until_ms"), exchange=config.exchange,
+        default_since_ms=parse_time_ms(config.since) if config.since else None,
+        policy=policy, show_progress=False,
     )
     if len(results) != 1:
         raise FetchError(f"expected one result for {target_label(target)}, got {len(results)}")
