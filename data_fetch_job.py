@@ -99,7 +99,7 @@ def run_job(
                 total=total,
                 desc=f"{symbol} {timeframe}",
                 unit="candle",
-                disable=not show_progress,
+                disable=None if show_progress else True,  # None: bars on a terminal, log lines elsewhere
                 leave=False,
                 file=sys.stderr,
             )

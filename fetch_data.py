@@ -292,7 +292,7 @@ def fetch_range(
         result.since_ms, result.until_ms = start, end
         log.info("%s: fetching [%s, %s)", what, iso_utc(start), iso_utc(end))
         cursor = start
-        buffered = 0
+        buffered = pages = 0
         while cursor < end:
 
             def page(cursor: int = cursor) -> tuple[np.ndarray, np.ndarray]:
@@ -319,6 +319,9 @@ def fetch_range(
                 buffered = 0
             if progress is not None:
                 progress(int(ts.size))
+            pages += 1
+            if pages % 10 == 0:  # progress for logs (Airflow, cron) where no bar is drawn
+                log.info("%s: %d candles so far, up to %s", what, result.rows_fetched, iso_utc(int(ts[-1])))
             previous_ms = int(ts[-1])
             cursor = previous_ms + step
         flush()
