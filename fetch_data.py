@@ -289,6 +289,7 @@ def fetch_range(
             start = since_ms
         start = floor_to_timeframe(start + step - 1, timeframe)  # first candle opening at or after start
         end = open_candle_ms if until_ms is None else min(until_ms, open_candle_ms)
+        start = min(start, end)  # already up to date: an empty range, reported as [end, end)
         result.since_ms, result.until_ms = start, end
         log.info("%s: fetching [%s, %s)", what, iso_utc(start), iso_utc(end))
         cursor = start
