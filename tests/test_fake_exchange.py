@@ -231,3 +231,11 @@ def test_cli_serves_a_folder(shared_1h):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_the_shared_fixture_serves_ccxt(fake_exchange):
+    client = make_exchange(base_url=fake_exchange.url)
+    client.load_markets()
+    assert "BTC/USDT" in client.markets
+    rows = client.fetch_ohlcv("BTC/USDT", "1h", limit=3)
+    assert len(rows) == 3 and rows[-1][0] + H == fake_exchange.now_ms  # the newest candle just closed
