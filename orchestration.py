@@ -182,6 +182,11 @@ def plan_ingest(
     ]
 
 
+def is_backfill_run(run_type: Any) -> bool:
+    """True for runs created by `airflow backfill create` (run type ``backfill``)."""
+    return str(getattr(run_type, "value", run_type or "")).lower() == "backfill"
+
+
 def plan_backfill(
     start: str | int | datetime,
     end: str | int | datetime,

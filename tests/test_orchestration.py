@@ -34,6 +34,10 @@ def test_plan_ingest_resumes_unless_backfilling():
     assert all(t["since_ms"] is None and t["until_ms"] == JAN1_2021 + H for t in regular)
     backfill = orchestration.plan_ingest(config, JAN1_2021, JAN1_2021 + H, fill_interval=True)
     assert all(t["since_ms"] == JAN1_2021 for t in backfill)
+    from airflow.sdk.api.datamodels._generated import DagRunType  # what a task's dag_run carries
+
+    assert orchestration.is_backfill_run(DagRunType.BACKFILL)
+    assert not orchestration.is_backfill_run(DagRunType.SCHEDULED) and not orchestration.is_backfill_run(None)
 
 
 def test_plan_backfill_chunks_abut_and_cover_the_range_once():

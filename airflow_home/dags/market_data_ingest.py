@@ -42,10 +42,9 @@ def _ms(moment) -> int:
 def market_data_ingest():
     @task
     def plan(data_interval_start=None, data_interval_end=None, dag_run=None) -> list[dict]:
-        is_backfill = str(getattr(dag_run, "run_type", "")).lower().endswith("backfill")
         return orchestration.plan_ingest(
             orchestration.load_config(), _ms(data_interval_start), _ms(data_interval_end),
-            fill_interval=is_backfill,
+            fill_interval=orchestration.is_backfill_run(getattr(dag_run, "run_type", None)),
         )
 
     @task(**orchestration.fetch_task_args(CONFIG.fetch))
