@@ -17,6 +17,8 @@ Usage:
     python -m airflow_runner            # start (blocks; Ctrl-C stops)
     python -m airflow_runner stop       # stop a runner started elsewhere (reads its pid file)
     python -m airflow_runner env        # print the Airflow environment it would use (URLs masked)
+    python -m airflow_runner cli backfill create --dag-id market_data_ingest --from-date 2024-01-01 \
+        --to-date 2024-01-03            # any `airflow ...` command, with the runner's environment
 """
 
 from __future__ import annotations
@@ -263,7 +265,8 @@ def stop_running() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("command", nargs="?", default="start", choices=["start", "stop", "env"])
+    parser.add_argument("command", nargs="?", default="start", choices=["start", "stop", "env", "cli"])
+    parser.add_argument("airflow_args", nargs=argparse.REMAINDER, help="for `cli`: the airflow arguments")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.command == "stop":
@@ -276,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         for key in sorted(environ):
             print(f"{key}={environ[key]}")
         return 0
+    if args.command == "cli":
+        environ = airflow_env(config, metadata_url(config))
+        airflow = str(Path(sys.executable).parent / "airflow")
+        return subprocess.run([airflow, *args.airflow_args], env=environ).returncode
     return run(config)
 
 
