@@ -360,6 +360,87 @@ def fetch_runs(engine: Engine, job_id: str | None = None) -> pd.DataFrame:
         return pd.DataFrame(result.all(), columns=list(result.keys()))
 
 
+def load_market(
+    symbols: list[str],
+    timeframe: str,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    exchange: str = "binance",
+    engine: Engine | None = None,
+):
+    """Aligned :class:`market_data.MarketData` over ``features.indicators`` (built by ``make dbt``).
+
+    Bars are open times in [start_ms, end_ms) (None = open side). Alignment rule: a bar is kept
+    only when EVERY pair has a candle there whose indicators are warm (``warm``: full TA-Lib
+    history since the last gap, see indicators.py); any other bar is dropped, never filled, so
+    the result has no NaN. ``features[t, n]`` holds :data:`indicators.FEATURE_NAMES` in order;
+    ``meta`` records the source and how many bars were dropped.
+    """
+    from indicators import FEATURE_NAMES
+    from market_data import MarketData
+
+    symbols = list(symbols)
+    if not symbols or len(set(symbols)) != len(symbols):
+        raise ValueError(f"symbols must be a non-empty list without repeats, got {symbols}")
+    engine = engine or get_engine()
+    ohlcv = ["open", "high", "low", "close", "volume"]
+    columns = ["symbol", "open_time_ms", *ohlcv, *[f"{name} AS f_{name}" for name in FEATURE_NAMES]]
+    query = (
+        f"SELECT {', '.join(columns)} FROM features.indicators"
+        " WHERE exchange = :exchange AND timeframe = :timeframe AND symbol = ANY(:symbols) AND warm"
+        " AND open_time_ms >= :start_ms AND open_time_ms < :end_ms ORDER BY open_time_ms, symbol"
+    )
+    params = {
+        "exchange": exchange, "timeframe": timeframe, "symbols": symbols,
+        "start_ms": -(2**63) if start_ms is None else int(start_ms),
+        "end_ms": 2**63 - 1 if end_ms is None else int(end_ms),
+    }
+    with engine.connect() as conn:
+        exists = conn.execute(text("SELECT to_regclass('features.indicators')")).scalar()
+        if exists is None:
+            raise RuntimeError("features.indicators does not exist: build it with `make dbt`")
+        result = conn.execute(text(query), params)
+        frame = pd.DataFrame(result.all(), columns=list(result.keys()))
+    missing = sorted(set(symbols) - set(frame["symbol"]))
+    if missing:
+        raise ValueError(
+            f"no warm indicator rows for {missing} ({exchange}, {timeframe}) in the range; "
+            "ingest their candles and run `make dbt`"
+        )
+    all_times = frame["open_time_ms"].nunique()
+    complete = frame.groupby("open_time_ms")["symbol"].transform("size") == len(symbols)
+    frame = frame[complete.to_numpy()]
+    # order rows (time, requested symbol order) so one reshape gives [T, N, ...]
+    position = frame["symbol"].map({symbol: i for i, symbol in enumerate(symbols)}).to_numpy()
+    frame = frame.iloc[np.lexsort((position, frame["open_time_ms"].to_numpy()))]
+    steps, pairs = len(frame) // len(symbols), len(symbols)
+
+    def block(names: list[str]) -> np.ndarray:
+        return frame[names].to_numpy(dtype=np.float64).reshape(steps, pairs, len(names))
+
+    prices = block(ohlcv)
+    return MarketData(
+        symbols=symbols,
+        timeframe=timeframe,
+        open_time_ms=frame["open_time_ms"].to_numpy(dtype=np.int64)[::pairs].copy(),
+        open=prices[:, :, 0].copy(),
+        high=prices[:, :, 1].copy(),
+        low=prices[:, :, 2].copy(),
+        close=prices[:, :, 3].copy(),
+        volume=prices[:, :, 4].copy(),
+        features=block([f"f_{name}" for name in FEATURE_NAMES]),
+        feature_names=list(FEATURE_NAMES),
+        meta={
+            "source": "db",
+            "table": "features.indicators",
+            "exchange": exchange,
+            "start_ms": start_ms,
+            "end_ms": end_ms,
+            "dropped_bars": int(all_times - steps),
+        },
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("command", choices=["migrate", "url"])
