@@ -547,9 +547,12 @@ class BatchedPolicy:
         self._obs = {a: self.raw.observe(a) for a in self.specialists}
         batch = torch.as_tensor(np.stack([self._obs[a] for a in self.specialists]))
         with torch.no_grad():
-            out = module.forward_inference({Columns.OBS: batch})
-        dist = module.get_inference_action_dist_cls().from_logits(out[Columns.ACTION_DIST_INPUTS])
-        actions = dist.to_deterministic().sample().numpy()
+            # The module is already in eval mode (load_run); the public forward_inference would
+            # re-walk the module tree to set it on every call, which costs as much as the forward.
+            out = module._forward_inference({Columns.OBS: batch})
+        # Deterministic action of a Categorical over sell/hold/buy: the most likely one (what
+        # RLlib's to_deterministic() gives, without building distribution objects every bar).
+        actions = out[Columns.ACTION_DIST_INPUTS].argmax(dim=-1).numpy()
         self._actions = dict(zip(self.specialists, actions.astype(int).tolist(), strict=True))
         self._bar = self.raw.bar
 
