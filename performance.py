@@ -303,12 +303,16 @@ def _plot_calls(path: Path, rec: BacktestRecord, close: np.ndarray, max_pairs: i
     for i in range(n):
         ax = axes[i, 0]
         ax.plot(dates, close[:, i], color="0.35", lw=0.8)
+        calls = rec.calls[:, i]
+        # Only where the answer changes: a year of hourly markers would hide the price under them.
+        changed = np.concatenate(([True], calls[1:] != calls[:-1]))
         for value, marker, color, label in ((1, "^", "tab:green", "buy"), (-1, "v", "tab:red", "sell")):
-            hit = rec.calls[:, i] == value
-            ax.scatter(dates[hit], close[hit, i], marker=marker, color=color, s=9, label=label, zorder=3)
+            hit = changed & (calls == value)
+            ax.plot(dates[hit], close[hit, i], linestyle="none", marker=marker, color=color, markersize=4,
+                    label=label, zorder=3)
         ax.set_ylabel(rec.symbols[i].split("/")[0])
         ax.grid(True, alpha=0.3)
-    axes[0, 0].set_title("Specialists' calls at each close against the price (hold not drawn)")
+    axes[0, 0].set_title("Specialists' calls against the price (a marker where the answer turns to buy/sell)")
     axes[0, 0].legend(loc="upper left", fontsize=8)
     fig.autofmt_xdate()
     fig.savefig(path, dpi=90, bbox_inches="tight")
