@@ -186,8 +186,7 @@ def from_csv_dir(
     ``indicators.compute_indicators`` applies the dbt models' definitions and gap rule to each
     pair's whole file (so bars just after ``start`` are warm from earlier history), then pairs are
     aligned (`align`) and cut to [start, end). ``symbols=None`` takes every file in the folder.
-    The feature columns are ``indicators.FEATURE_NAMES`` plus ``warm`` (always 1 after alignment),
-    the same columns as ``db.load_market``.
+    The feature columns are ``indicators.FEATURE_NAMES``, the same as ``db.load_market``'s.
     """
     from binance.symbols import symbol_from_file_stem, timeframe_ms
     from indicators import FEATURE_NAMES, compute_indicators
@@ -210,8 +209,8 @@ def from_csv_dir(
                  "close": rows[:, 4], "volume": rows[:, 5], "warm": ind["warm"]}
         entry.update({name: ind[name] for name in FEATURE_NAMES})
         series.append(entry)
-    names = list(FEATURE_NAMES) + ["warm"]  # warm stacks as 1.0: only warm rows survive alignment
-    data = align(list(symbols), timeframe, series, names, {"source": "csv", "path": str(directory)})
+    meta = {"source": "csv", "path": str(directory)}
+    data = align(list(symbols), timeframe, series, list(FEATURE_NAMES), meta)
     start_ms = None if start is None else to_ms(start)
     end_ms = None if end is None else to_ms(end)
     return data.slice_time(start_ms, end_ms)

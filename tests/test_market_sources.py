@@ -122,7 +122,7 @@ def test_csv_folder_with_gaps_and_late_listing(tmp_path):
     write_csv(tmp_path / "BBB_USDT.csv.gz", src, 1, range(40, 300))  # listed later
 
     data = market_data.from_csv_dir(tmp_path, ["AAA/USDT", "BBB/USDT"], "1h")
-    assert data.feature_names == FEATURE_NAMES + ["warm"]
+    assert data.feature_names == FEATURE_NAMES  # the columns of db.load_market
     # Pair B is warm from bar 40 + 33; pair A restarts its warm-up after the gap at 150..152.
     expected = [t for k, t in enumerate(times) if k >= 40 + WARM_BARS and not (150 <= k < 153 + WARM_BARS)]
     np.testing.assert_array_equal(data.open_time_ms, expected)
@@ -132,7 +132,6 @@ def test_csv_folder_with_gaps_and_late_listing(tmp_path):
     rows = np.searchsorted(times[40:], data.open_time_ms)
     for f, name in enumerate(FEATURE_NAMES):
         np.testing.assert_allclose(data.features[:, 1, f], ind[name][rows], rtol=1e-12)
-    assert np.all(data.features[:, :, -1] == 1.0)
 
     part = market_data.load(
         {
