@@ -334,7 +334,7 @@ def agent_to_module(agent_id: str, *args: Any, **kwargs: Any) -> str:
 class RunPolicy:
     """Deterministic actions for every agent of the env from the run's RLModules."""
 
-    def __init__(self, modules: dict[str, Any], normalize_actions: bool = True) -> None:
+    def __init__(self, modules: dict[str, Any], normalize_actions: bool = False) -> None:
         self.modules = modules
         self.normalize_actions = normalize_actions
 
@@ -494,7 +494,6 @@ def build_algo_config(
     if env_name == ENV_NAME:
         register_env(ENV_NAME, _rllib_env_creator)
     ppo, model = cfg["ppo"], cfg["model"]
-    n_pairs = train_data.n_pairs
 
     def spec(hiddens: list[int]) -> RLModuleSpec:
         return RLModuleSpec(
@@ -503,14 +502,23 @@ def build_algo_config(
             )
         )
 
-    # The meta-agent acts once per bar against N specialist steps, but the minibatch iterator
-    # cycles every module until the specialist data is covered num_epochs times: the meta sees its
-    # (N times smaller) batch ~N times more often. Scaling its learning rate down balances that.
-    meta_lr = ppo["meta_lr"] if ppo["meta_lr"] is not None else ppo["lr"] / max(1, n_pairs)
+    # The meta-agent acts once per bar against N specialist steps, and the minibatch iterator cycles
+    # every module until the specialist data is covered num_epochs times: the meta makes ~N times
+    # more passes over its (N times smaller) batch. PPO's clipping bounds how far those passes move
+    # it; ppo.meta_lr tunes it separately (in short runs the meta, not the specialists, is the
+    # bottleneck, so its default is the same rate rather than a smaller one).
+    meta_lr = ppo["meta_lr"] if ppo["meta_lr"] is not None else ppo["lr"]
     runners = resolve_num_env_runners(cfg) if num_env_runners is None else num_env_runners
     config = (
         PPOConfig()
-        .environment(env_name, env_config={"cfg": cfg, "data": train_data})
+        # normalize_actions off: the meta's Gaussian then explores in logit units (std 1 at the
+        # start) instead of being stretched over +-logit_limit, which made every bar's exploration
+        # allocation nearly one-hot and drowned the reward in trading costs. The env clips logits.
+        .environment(
+            env_name,
+            env_config={"cfg": cfg, "data": train_data},
+            normalize_actions=ppo["normalize_actions"],
+        )
         .env_runners(
             num_env_runners=runners,
             num_envs_per_env_runner=cfg["resources"]["num_envs_per_env_runner"],
@@ -558,7 +566,10 @@ def _redirect_rllib_logdir(log_dir: Path) -> None:
 def policy_from_algo(algo: Any) -> RunPolicy:
     """Inference policy over the learner's current modules (no copy; call it between train() calls)."""
     learner = algo.learner_group._learner  # num_learners=0: the learner lives in this process
-    return RunPolicy({mid: learner.module[mid] for mid in ("specialist", "meta")})
+    normalize = bool(algo.config.normalize_actions)
+    return RunPolicy(
+        {mid: learner.module[mid] for mid in ("specialist", "meta")}, normalize_actions=normalize
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -834,7 +845,7 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any], RunPo
                 f"checkpoint of module {module_id!r} in {run_dir} is missing or corrupt: {exc}"
             ) from exc
         modules[module_id].eval()
-    return cfg, manifest, RunPolicy(modules)
+    return cfg, manifest, RunPolicy(modules, normalize_actions=bool(cfg["ppo"]["normalize_actions"]))
 
 
 # ----------------------------------------------------------------------------------------------
