@@ -15,8 +15,10 @@ Usage:
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -137,7 +139,16 @@ def run_dbt(args: Sequence[str], url: str | None = None, quiet: bool = False) ->
 
     environment = dbt_env(url)
     environment.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
-    with _dbt_lock, _environment(environment):
+    # One target folder (compiled SQL, manifest, partial-parse cache) per database, and runs on a
+    # database serialized across processes: concurrent invocations (Airflow tasks, tests) would
+    # otherwise overwrite each other's artifacts mid-run.
+    folder = re.sub(r"[^A-Za-z0-9_.-]", "_", environment["DBT_PG_DBNAME"])
+    if full_args and full_args[0] in _PROJECT_COMMANDS and "--target-path" not in full_args:
+        full_args += ["--target-path", str(DBT_PROJECT_DIR / "target" / folder)]
+    lock_path = DBT_PROJECT_DIR / "target" / f"{folder}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with _dbt_lock, open(lock_path, "w") as lock_file, _environment(environment):
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
         result = dbtRunner(callbacks=[collect]).invoke(full_args)
     if not result.success:
         raise DbtError(list(args), _report(result, collected))

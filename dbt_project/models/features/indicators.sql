@@ -14,8 +14,11 @@
   rolling windows, so every row after the anchor comes out bit-identical to a full refresh.
   Without an anchor (new series, or no warm row yet) the whole series is recomputed.
 #}
-{# enable_mergejoin off: the incremental anti-join is far cheaper as index lookups than as a
-   merge over sorted text keys. #}
+{# Joins only occur in incremental runs, where a few series meet big tables: index lookups
+   (nested loops; merge and hash joins off) beat sorting or hashing a million rows, and the
+   small CTEs are materialized so the anchor lookup runs once per series, not once per candle.
+   analyze: fresh statistics for the next incremental run (a rebuilt table has none until
+   autovacuum gets to it). #}
 {{ config(
     materialized='incremental',
     incremental_strategy='delete+insert',
@@ -25,7 +28,8 @@
         {'columns': ['exchange', 'symbol', 'timeframe', 'open_time_ms'], 'unique': True},
         {'columns': ['source_ingested_at']},
     ],
-    pre_hook="set local work_mem = '256MB'; set local enable_mergejoin = off",
+    pre_hook="set local work_mem = '256MB'; set local enable_mergejoin = off; set local enable_hashjoin = off",
+    post_hook="analyze {{ this }}",
 ) }}
 {%- set warm_bars = 33 -%}
 
@@ -37,7 +41,7 @@ watermark as (
     from {{ this }}
 ),
 
-new_candles as (
+new_candles as materialized (
     -- candles whose current version has no feature row yet
     select c.exchange, c.symbol, c.timeframe, min(c.open_time_ms) as first_new_ms
     from {{ ref('stg_ohlcv') }} as c
@@ -51,7 +55,7 @@ new_candles as (
     group by c.exchange, c.symbol, c.timeframe
 ),
 
-series as (
+series as materialized (
     select
         n.exchange, n.symbol, n.timeframe,
         {{ timeframe_ms('n.timeframe') }} as series_timeframe_ms,
