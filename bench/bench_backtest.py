@@ -168,7 +168,7 @@ def bench_full(market: MarketData, run_dir: Path) -> list[tuple[str, float, str]
     # The CPU seconds show what the wall time would be on an idle machine (the backtest is one thread).
     rows = [("full backtest (total)", total, f"CPU {cpu:.1f} s; load run, inference through env, benchmarks, "
              "metrics, plots")]
-    rows += [(f"  {phase}", seconds, "") for phase, seconds in result.timings.items()]
+    rows += [(f"  {phase}", wall, f"CPU {cpu:.2f} s") for phase, (wall, cpu) in result.timings.items()]
     return rows
 
 
