@@ -232,7 +232,13 @@ def test_backtest_smoke_run_end_to_end(smoke_run, tmp_path, capsys):
     agent_equity = np.array([float(r.split(",")[1]) for r in rows[1:]])
     np.testing.assert_allclose(agent_equity[-1], episode.equity[-1], rtol=1e-12)
     second = perf.backtest(smoke_run, tmp_path / "again", split="test")
-    np.testing.assert_array_equal(second.records["agent"].equity, agent_equity)
+    agent = second.records["agent"]
+    np.testing.assert_array_equal(agent.equity, agent_equity)
+    # The per-pair PnL explains the agent's curve; weights are proper; calls are -1/0/+1.
+    np.testing.assert_allclose(agent.equity[0] + np.cumsum(agent.pnl.sum(axis=1)), agent.equity, rtol=1e-9)
+    np.testing.assert_allclose(agent.weights_after.sum(axis=1), 1.0)
+    assert set(np.unique(agent.calls)) <= {-1, 0, 1}
+    assert data["agent"]["fees_paid"] == pytest.approx(agent.fees.sum())
 
 
 @pytest.mark.slow
@@ -242,6 +248,20 @@ def test_backtest_refuses_bad_inputs(smoke_run, tmp_path, capsys):
     csv_dir.mkdir()
     with pytest.raises(perf.BacktestError):
         perf.backtest(smoke_run, tmp_path / "x", data_dir=csv_dir)
+    # The run's own pairs as CSV candles: the synthetic run also observed a planted `signal` feature
+    # that candles cannot supply, so the features differ from the manifest.
+    import Train
+    from binance.symbols import file_stem
+
+    cfg, _, _ = Train.load_run(smoke_run)
+    test = Train.load_splits(cfg).test
+    for i, symbol in enumerate(test.symbols):
+        rows = np.column_stack([test.open_time_ms, test.open[:, i], test.high[:, i], test.low[:, i],
+                                test.close[:, i], test.volume[:, i]])
+        np.savetxt(csv_dir / f"{file_stem(symbol)}.csv", rows, delimiter=",", fmt="%.10g",
+                   header="ts_ms,open,high,low,close,volume", comments="")
+    assert perf.main(["--run", str(smoke_run), "--data-dir", str(csv_dir), "--out", str(tmp_path / "w")]) == 2
+    assert "features" in capsys.readouterr().err
     assert perf.main(["--run", str(smoke_run), "--start", "2035-01-01", "--out", str(tmp_path / "y")]) == 2
     assert "holds 0 bars" in capsys.readouterr().err
     # A corrupt checkpoint: the module weights are truncated.
