@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -109,12 +110,19 @@ def _airflow_cli(args: list[str], environ: dict[str, str]) -> None:
 
 
 def prepare(config: PipelineConfig, environ: dict[str, str]) -> None:
-    """Migrate Airflow's metadata database and create (or resize) the exchange pool."""
+    """Migrate Airflow's metadata database and create (or resize) the exchange and dbt pools."""
     _airflow_cli(["db", "migrate"], environ)
-    pool = config.fetch
-    _airflow_cli(
-        ["pools", "set", pool.pool, str(pool.pool_slots), "Concurrent requests to the exchange"], environ
-    )
+    pools = {
+        config.fetch.pool: {"slots": config.fetch.pool_slots, "include_deferred": False,
+                            "description": "Concurrent requests to the exchange"},
+        config.dbt_pool: {"slots": config.dbt_pool_slots, "include_deferred": False,
+                          "description": "Concurrent dbt builds"},
+    }
+    home = Path(environ.get("AIRFLOW_HOME", AIRFLOW_HOME))
+    home.mkdir(parents=True, exist_ok=True)
+    pools_file = home / "pools.json"
+    pools_file.write_text(json.dumps(pools, indent=2))
+    _airflow_cli(["pools", "import", str(pools_file)], environ)  # creates or resizes, one CLI start
 
 
 def _child_setup() -> None:  # runs in the child between fork and exec

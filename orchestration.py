@@ -39,7 +39,7 @@ _SCHEMA: dict[str, Any] = {
               "timeout_s", "request_retries"},
     "backfill": {"chunk_days"},
     "quality": {"max_lag_bars", "gap_lookback_bars"},
-    "dbt": {"build_args"},
+    "dbt": {"build_args", "pool", "pool_slots"},
     "runner": {"host", "port", "metadata_database", "stop_timeout_s"},
 }
 
@@ -81,6 +81,8 @@ class PipelineConfig:
     max_lag_bars: int
     gap_lookback_bars: int
     dbt_build_args: tuple[str, ...]
+    dbt_pool: str
+    dbt_pool_slots: int
     runner: dict[str, Any]
 
 
@@ -136,6 +138,8 @@ def load_config(path: str | Path | None = None) -> PipelineConfig:
         max_lag_bars=int(raw["quality"]["max_lag_bars"]),
         gap_lookback_bars=int(raw["quality"]["gap_lookback_bars"]),
         dbt_build_args=tuple(raw["dbt"]["build_args"]),
+        dbt_pool=str(raw["dbt"]["pool"]),
+        dbt_pool_slots=int(raw["dbt"]["pool_slots"]),
         runner=dict(raw["runner"]),
     )
 

@@ -153,6 +153,7 @@ def test_dagbag_loads_both_dags_with_expected_structure(dags, airflow_setup):
     assert tasks["fetch"].downstream_task_ids == {"dbt_build"}
     assert tasks["dbt_build"].downstream_task_ids == {"quality"}
     assert tasks["dbt_build"].trigger_rule == "all_done_min_one_success"
+    assert tasks["dbt_build"].pool == config.dbt_pool == "dbt"  # one dbt build at a time
     fetch = tasks["fetch"]
     assert isinstance(fetch, MappedOperator)  # dynamic task mapping over the planned targets
     assert fetch.pool == config.fetch.pool == "binance_api"
@@ -167,6 +168,7 @@ def test_dagbag_loads_both_dags_with_expected_structure(dags, airflow_setup):
     assert isinstance(btasks["fetch_chunk"], MappedOperator)
     assert btasks["fetch_chunk"].pool == "binance_api"
     assert btasks["fetch_chunk"].downstream_task_ids == {"dbt_build", "summarize"}
+    assert btasks["dbt_build"].pool == "dbt"
 
 
 @pytest.mark.slow

@@ -86,9 +86,9 @@ def test_runner_serves_dags_and_ctrl_c_stops_everything(database_url, tmp_path):
 
         _wait(dags_loaded, 120, "the DAGs in the metadata database", proc, log)
         with meta.connect() as conn:
-            slots = conn.execute(text("SELECT slots FROM slot_pool WHERE pool = 'binance_api'")).scalar()
+            pools = dict(conn.execute(text("SELECT pool, slots FROM slot_pool")).all())
         meta.dispose()
-        assert slots == 2
+        assert pools["binance_api"] == 2 and pools["dbt"] == 1
 
         tree = psutil.Process(proc.pid).children(recursive=True)
         assert len(tree) >= 5  # standalone, scheduler, dag-processor, api-server, triggerer, ...

@@ -52,7 +52,7 @@ def market_data_ingest():
         get_current_context()["target_label"] = orchestration.target_label(target)
         return orchestration.run_fetch(target)
 
-    @task(trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS)
+    @task(trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS, pool=CONFIG.dbt_pool)
     def dbt_build() -> None:
         orchestration.run_dbt_build(orchestration.load_config())
 
