@@ -62,6 +62,7 @@ def test_against_quantstats(r):
         assert close(m.sortino(r, PERIODS), qs_stats.sortino(s, periods=PERIODS))
         assert close(m.hit_rate(r), qs_stats.win_rate(s))
         assert close(m.max_drawdown(r), qs_stats.max_drawdown(s))
+        assert close(m.calmar(r, PERIODS), qs_stats.calmar(s, periods=PERIODS))
 
 
 def test_periods_per_year():
