@@ -36,26 +36,26 @@ from settings import ConfigError, merge
 
 SIGNAL_FEATURE = "signal"
 
-# Defaults of the synthetic source (``market_data.load({"kind": "synthetic", ...})``); every key is
-# documented in configs/env.yaml's header and the README.
+# Defaults of the synthetic source (``market_data.load({"kind": "synthetic", ...})``, e.g. a
+# ``data.source`` section of configs/train.yaml); any subset can be overridden, unknown keys fail.
 SYNTHETIC_DEFAULTS: dict[str, Any] = {
-    "n_pairs": 4,
+    "n_pairs": 4,  # number of pairs
     "n_bars": 13_200,  # 1h bars from 2020-01-01: covers train.yaml's default splits (to 2021-07-01)
-    "timeframe": "1h",
-    "start": "2020-01-01",
-    "seed": 0,
+    "timeframe": "1h",  # ccxt timeframe string: spacing of open_time_ms
+    "start": "2020-01-01",  # open time (UTC) of the first returned bar
+    "seed": 0,  # the whole market is a function of this seed
     "symbols": None,  # null: SYN0/USDT, SYN1/USDT, ...
     "vol": 0.01,  # per-bar log-return standard deviation in the base regime
-    "pair_corr": 0.3,  # correlation of the pairs' return noise
-    "signal_corr": 0.1,  # correlation of the planted feature with the next bar's return
+    "pair_corr": 0.3,  # correlation of the pairs' return noise (one common factor)
+    "signal_corr": 0.1,  # correlation of the planted feature with the next bar's return (0: no edge)
     "signal_persistence": 0.9,  # AR(1) coefficient of the planted feature (0: i.i.d. per bar)
-    "regimes": [
+    "regimes": [  # each regime scales the volatility and adds a drift (basis points per bar)
         {"vol_scale": 1.0, "drift_bps": 0.0},
         {"vol_scale": 2.0, "drift_bps": 0.0},
     ],
-    "regime_switch_prob": 0.002,  # per bar; 0 keeps the first regime throughout
-    "start_price": 100.0,
-    "volume_mean": 1_000.0,  # base units per bar
+    "regime_switch_prob": 0.002,  # per bar, to another regime; 0 keeps the first regime throughout
+    "start_price": 100.0,  # quote currency
+    "volume_mean": 1_000.0,  # base units per bar (log-normal around it)
 }
 
 
