@@ -337,6 +337,21 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention for the un
         self.stop_bar = data.n_bars - 1
         self.portfolio_value = self.portfolio.initial_cash
 
+    @property
+    def calls(self) -> np.ndarray:
+        """This bar's answers per pair (-1 sell, 0 hold, +1 buy): rule specialists' from the start of
+        the bar, learned ones' once they have acted (read-only view)."""
+        view = self._calls.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def weights(self) -> np.ndarray:
+        """Current weights (pairs, then cash) at the close of the decision bar (read-only view)."""
+        view = self._weights.view()
+        view.flags.writeable = False
+        return view
+
     # ------------------------------------------------------------------ PettingZoo API
     def observation_space(self, agent: str) -> gymnasium.spaces.Space:
         return self.observation_spaces[agent]
