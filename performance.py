@@ -204,23 +204,28 @@ def metrics_table(records: Mapping[str, BacktestRecord], periods: float) -> dict
     return {name: rec.metrics(periods) for name, rec in records.items()}
 
 
+_PERCENT_METRICS = {"total_return", "cagr", "annual_volatility", "max_drawdown", "hit_rate", "exposure"}
+
+
+def format_value(metric: str, value: float) -> str:
+    """One metric for people: fractions as percentages, counts and ratios with 3 decimals."""
+    if not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if metric in _PERCENT_METRICS:
+        return f"{100 * value:.2f}%"
+    if metric == "max_drawdown_duration_bars":
+        return f"{value:,.0f}"
+    return f"{value:,.3f}"
+
+
 def format_table(table: Mapping[str, Mapping[str, float]]) -> str:
     """A plain-text table: one row per metric, one column per strategy."""
     names = list(table)
     width = max(12, *(len(n) for n in names)) + 2
-    pct = {"total_return", "cagr", "annual_volatility", "max_drawdown", "hit_rate", "exposure"}
     lines = ["metric".ljust(28) + "".join(n.rjust(width) for n in names)]
     for metric in metrics.METRIC_NAMES:
-        cells = []
-        for n in names:
-            v = table[n][metric]
-            if not math.isfinite(v):
-                cells.append(("nan" if math.isnan(v) else "inf").rjust(width))
-            elif metric in pct:
-                cells.append(f"{100 * v:.2f}%".rjust(width))
-            else:
-                cells.append(f"{v:,.3f}".rjust(width))
-        lines.append(metric.ljust(28) + "".join(cells))
+        cells = "".join(format_value(metric, table[n][metric]).rjust(width) for n in names)
+        lines.append(metric.ljust(28) + cells)
     return "\n".join(lines)
 
 
@@ -371,7 +376,7 @@ def write_report(
     rows = []
     names = list(table)
     for metric in metrics.METRIC_NAMES:
-        cells = "".join(f"<td>{table[n][metric]:.4g}</td>" for n in names)
+        cells = "".join(f"<td>{format_value(metric, table[n][metric])}</td>" for n in names)
         rows.append(f"<tr><th>{metric}</th>{cells}</tr>")
     start, end = (str(d) for d in _dates(lead.open_time_ms[[0, -1]]))
     notes_html = "".join(
