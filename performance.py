@@ -509,8 +509,7 @@ def play_agent(cfg: Mapping[str, Any], policy: Any, market: MarketData, seed: in
         raw = env.unwrapped
         pf = raw.portfolio
         rec = Recorder("agent", market, pf)
-        has_calls = hasattr(raw, "_calls")
-        rec.calls = np.zeros((market.n_bars, market.n_pairs), dtype=np.int8) if has_calls else None
+        rec.calls = np.zeros((market.n_bars, market.n_pairs), dtype=np.int8)
         act = BatchedPolicy(policy, raw)
         rec.bar(raw.bar)
         steps_seen = pf.steps
@@ -519,10 +518,8 @@ def play_agent(cfg: Mapping[str, Any], policy: Any, market: MarketData, seed: in
             if terminated or truncated:
                 env.step(None)
                 continue
-            if agent == "meta" and has_calls:
-                # Every pair's answer this bar, rule specialists included (the env keeps no public
-                # accessor; without the attribute the calls figure is left out).
-                rec.calls[raw.bar] = raw._calls
+            if agent == "meta":
+                rec.calls[raw.bar] = raw.calls  # every pair's answer this bar, rule specialists included
             env.step(act(agent, obs))
             if agent == "meta":
                 rec.bar_from_portfolio(raw.bar, pf.steps != steps_seen)
