@@ -28,6 +28,7 @@ import numpy as np
 from sqlalchemy.engine import Engine
 
 import db
+import settings
 from binance import floor_to_timeframe, grid_offset_ms, make_exchange, parse_symbol, timeframe_ms
 
 log = logging.getLogger(__name__)
@@ -82,20 +83,14 @@ class FetchResult:
 
 
 def parse_time_ms(value: str | int | None) -> int | None:
-    """UTC epoch ms from ``2021-01-01``, ``2021-01-01T12:00``, an ISO string with offset, or ms."""
+    """UTC epoch ms from ``2021-01-01``, ``2021-01-01T12:00``, an ISO string with offset, or ms;
+    None or "" stays None (an open end). A bad value is a permanent FetchError."""
     if value is None or value == "":
         return None
-    if isinstance(value, int) or str(value).lstrip("-").isdigit():
-        return int(value)
     try:
-        parsed = datetime.fromisoformat(str(value))
-    except ValueError:
-        raise FetchError(
-            f"bad date {value!r}: use YYYY-MM-DD, an ISO 8601 time, or epoch milliseconds"
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+        return settings.parse_time_ms(value, "--since/--until")
+    except settings.ConfigError as exc:
+        raise FetchError(f"bad date: {exc}") from None
 
 
 def iso_utc(ts_ms: int | None) -> str:

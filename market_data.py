@@ -8,13 +8,14 @@ open time and its indicators are warm; missing bars are dropped, never invented.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from settings import parse_time_ms as to_ms  # noqa: F401  (re-exported: callers say market_data.to_ms)
 
 
 @dataclass(frozen=True)
@@ -92,24 +93,6 @@ SOURCE_KINDS = ("db", "csv", "synthetic")
 CSV_COLUMNS = "ts_ms,open,high,low,close,volume"
 
 
-def to_ms(value: Any) -> int:
-    """UTC epoch milliseconds from an int (already ms), an ISO date/datetime string or a datetime."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a time: {value!r}")
-    if isinstance(value, int | np.integer):
-        return int(value)
-    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
-        value = dt.datetime(value.year, value.month, value.day)
-    if isinstance(value, str):
-        try:
-            value = dt.datetime.fromisoformat(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not an ISO date such as 2021-01-01 or 2021-01-01T12:00") from None
-    if not isinstance(value, dt.datetime):
-        raise ValueError(f"not a time: {value!r}")
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return int(value.timestamp() * 1000)
 
 
 def _read_candles_csv(path: Path) -> np.ndarray:

@@ -21,7 +21,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from settings import CONFIG_DIR, ConfigError, check_keys, data_config, env, load_yaml, merge
+from settings import (  # noqa: F401  (parse_time_ms re-exported for the DAGs)
+    CONFIG_DIR,
+    ConfigError,
+    check_keys,
+    data_config,
+    env,
+    load_yaml,
+    merge,
+    parse_time_ms,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,22 +153,6 @@ def load_config(path: str | Path | None = None) -> PipelineConfig:
     )
 
 
-def parse_time_ms(value: str | int | float | datetime) -> int:
-    """UTC epoch milliseconds from an ISO date/datetime string (naive = UTC), datetime or number."""
-    if isinstance(value, bool):
-        raise ConfigError(f"not a time: {value!r}")
-    if isinstance(value, int | float):
-        return int(value)
-    if isinstance(value, datetime):
-        moment = value
-    else:
-        try:
-            moment = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise ConfigError(f"not an ISO date or datetime: {value!r}") from exc
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
 
 
 def format_ms(ts_ms: int | None) -> str:

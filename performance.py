@@ -29,6 +29,7 @@ import numpy as np
 import metrics
 from market_data import MarketData
 from Portfolio import Portfolio
+from settings import ConfigError, parse_time_ms
 
 BENCHMARKS = ("buy_hold_first", "equal_weight_hold", "equal_weight_rebalanced", "cash")
 
@@ -408,15 +409,11 @@ class BacktestError(Exception):
 
 
 def parse_date_ms(value: str, flag: str) -> int:
-    """'2021-04-01' or '2021-04-01T12:00' (UTC) as epoch milliseconds."""
+    """'2021-04-01' or '2021-04-01T12:00' (UTC) as epoch milliseconds; BacktestError naming ``flag``."""
     try:
-        stamp = dt.datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise BacktestError(f"{flag} {value!r} is not a date (use YYYY-MM-DD or YYYY-MM-DDTHH:MM, UTC)"
-                            ) from exc
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=dt.UTC)
-    return int(stamp.timestamp() * 1000)
+        return parse_time_ms(value, flag)
+    except ConfigError as exc:
+        raise BacktestError(str(exc)) from None
 
 
 def check_manifest(manifest: Mapping[str, Any], market: MarketData) -> None:

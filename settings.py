@@ -7,6 +7,7 @@ key and the file, because a typo that is silently ignored is worse than a crash.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,35 @@ def merge(defaults: dict[str, Any], overrides: dict[str, Any], where: str) -> di
         else:
             merged[key] = value
     return merged
+
+
+def parse_time_ms(value: Any, where: str = "time") -> int:
+    """UTC epoch milliseconds from epoch ms (int or digit string), an ISO date/datetime string
+    (naive means UTC; a trailing Z is accepted) or a date/datetime object.
+
+    Raises ConfigError naming ``where`` and the accepted forms.
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: {value!r} is not a time")
+    if isinstance(value, int) or (hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "iu"):
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        value = dt.datetime(value.year, value.month, value.day)
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(
+                f"{where}: {value!r} is not a date or time; use YYYY-MM-DD, an ISO 8601 time such as "
+                "2021-01-01T12:00 (UTC unless an offset is given), or epoch milliseconds"
+            ) from None
+    if not isinstance(value, dt.datetime):
+        raise ConfigError(f"{where}: {value!r} is not a time")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return int(value.timestamp() * 1000)
 
 
 def data_config() -> dict[str, Any]:

@@ -25,14 +25,13 @@ otherwise. `tune_oracle` picks the threshold that maximizes log growth on given 
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from market_data import MarketData
-from settings import ConfigError, merge
+from settings import ConfigError, merge, parse_time_ms
 
 SIGNAL_FEATURE = "signal"
 
@@ -59,13 +58,6 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _start_ms(start: str | int) -> int:
-    if isinstance(start, int):
-        return start
-    day = dt.datetime.fromisoformat(str(start))
-    if day.tzinfo is None:
-        day = day.replace(tzinfo=dt.UTC)
-    return int(day.timestamp() * 1000)
 
 
 def generate(**params: Any) -> MarketData:
@@ -128,7 +120,8 @@ def generate(**params: Any) -> MarketData:
     volume = float(cfg["volume_mean"]) * np.exp(rng.normal(-0.045, 0.3, (total, n)))
 
     step_ms = timeframe_ms(str(cfg["timeframe"]))
-    times = _start_ms(cfg["start"]) + (np.arange(total, dtype=np.int64) - WARM_BARS) * step_ms
+    start_ms = parse_time_ms(cfg["start"], "synthetic start")
+    times = start_ms + (np.arange(total, dtype=np.int64) - WARM_BARS) * step_ms
     names = list(FEATURE_NAMES) + [SIGNAL_FEATURE]
     features = np.empty((total, n, len(names)))
     for i in range(n):
