@@ -314,11 +314,31 @@ def make_env(cfg: dict[str, Any], data: MarketData, mode: str = "train") -> Any:
     return SequentialTradingEnv.env(data=data, mode=mode, **cfg["env"])
 
 
+_SPLITS_CACHE: dict[str, Splits] = {}
+
+
+def cached_splits(cfg: dict[str, Any], splits: Splits | None = None) -> Splits:
+    """The splits of ``cfg["data"]``, loaded once per process (``splits`` seeds the cache).
+
+    Env runners load the data themselves instead of receiving it in ``env_config``: RLlib pickles
+    the config into every checkpoint (5 copies: ~100 MB for 4 pairs x 30k bars), and this way each
+    runner process loads it once for all its vectorized envs. The data source must therefore be
+    reachable from every node of a cluster (synthetic and CSV at the same path, or the database).
+    """
+    key = json.dumps(cfg["data"], sort_keys=True, default=str)
+    if splits is not None:
+        _SPLITS_CACHE[key] = splits
+    if key not in _SPLITS_CACHE:
+        _SPLITS_CACHE[key] = load_splits(cfg)
+    return _SPLITS_CACHE[key]
+
+
 def _rllib_env_creator(env_config: dict[str, Any]) -> Any:
-    """Builds the env inside an env runner: ``env_config`` carries the run config and the data."""
+    """Builds a training env inside an env runner from the run config in ``env_config``."""
     from ray.rllib.env.wrappers.pettingzoo_env import PettingZooEnv
 
-    return PettingZooEnv(make_env(env_config["cfg"], env_config["data"], mode="train"))
+    cfg = env_config["cfg"]
+    return PettingZooEnv(make_env(cfg, cached_splits(cfg).train, mode="train"))
 
 
 def agent_to_module(agent_id: str, *args: Any, **kwargs: Any) -> str:
@@ -377,19 +397,28 @@ class EpisodeRecord:
 
 def play_episode(env: Any, policy: Callable[[str, Any], Any], seed: int | None = 0) -> EpisodeRecord:
     """Play one episode of the AEC ``env`` with ``policy`` and record the equity curve."""
+    import torch
+
     env.reset(seed=seed)
     raw = env.unwrapped
     equity = [float(raw.portfolio_value)]
     rewards: dict[str, float] = {}
     steps = 0
-    for agent in env.agent_iter():
-        obs, reward, terminated, truncated, _ = env.last()
-        rewards[agent] = rewards.get(agent, 0.0) + float(reward)
-        action = None if terminated or truncated else policy(agent, obs)
-        env.step(action)
-        steps += 1
-        if agent == "meta" and action is not None:
-            equity.append(float(raw.portfolio_value))
+    # One torch thread: batch-of-one forward passes with two threads spin on a busy machine
+    # (milliseconds instead of microseconds per layer).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for agent in env.agent_iter():
+            obs, reward, terminated, truncated, _ = env.last()
+            rewards[agent] = rewards.get(agent, 0.0) + float(reward)
+            action = None if terminated or truncated else policy(agent, obs)
+            env.step(action)
+            steps += 1
+            if agent == "meta" and action is not None:
+                equity.append(float(raw.portfolio_value))
+    finally:
+        torch.set_num_threads(threads)
     return EpisodeRecord(equity=np.asarray(equity), rewards=rewards, steps=steps)
 
 
@@ -482,7 +511,7 @@ def resolve_num_env_runners(cfg: dict[str, Any]) -> int:
 
 
 def build_algo_config(
-    cfg: dict[str, Any], train_data: MarketData, env_name: str = ENV_NAME, num_env_runners: int | None = None
+    cfg: dict[str, Any], env_name: str = ENV_NAME, num_env_runners: int | None = None
 ) -> Any:
     """The PPOConfig for our two policies (returned unbuilt so benchmarks can swap the env)."""
     from ray.rllib.algorithms.ppo import PPOConfig
@@ -516,7 +545,7 @@ def build_algo_config(
         # allocation nearly one-hot and drowned the reward in trading costs. The env clips logits.
         .environment(
             env_name,
-            env_config={"cfg": cfg, "data": train_data},
+            env_config={"cfg": cfg},
             normalize_actions=ppo["normalize_actions"],
         )
         .env_runners(
@@ -717,7 +746,7 @@ def train(
             "agent_steps": 0,
         }
 
-    splits = splits or load_splits(cfg)
+    splits = cached_splits(cfg, splits)
     manifest = build_manifest(cfg, splits)
     if resume:
         old = json.loads((paths.run_dir / "manifest.json").read_text())
@@ -728,7 +757,7 @@ def train(
 
     ray_info = init_ray(address, paths.log_dir)
     _redirect_rllib_logdir(paths.log_dir)
-    algo_config = build_algo_config(cfg, splits.train)
+    algo_config = build_algo_config(cfg)
     algo = algo_config.build_algo()
     if resume:
         algo.restore_from_path(str((paths.run_dir / "latest").resolve()))

@@ -98,11 +98,11 @@ def env_spec(cfg: dict, data) -> tuple:
     return spec
 
 
-def measure(cfg: dict, data, env_name: str, iterations: int) -> dict[str, float]:
+def measure(cfg: dict, env_name: str, iterations: int) -> dict[str, float]:
     """Agent-steps/s of sampling alone and of whole iterations (after one warm-up iteration)."""
     from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
 
-    algo = Train.build_algo_config(cfg, data, env_name=env_name).build_algo()
+    algo = Train.build_algo_config(cfg, env_name=env_name).build_algo()
     try:
         algo.train()  # warm-up: actor start, first weights sync, torch lazy init
         batch = cfg["ppo"]["train_batch_size"]
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         ("SequentialTradingEnv", Train.ENV_NAME),
         ("trivial (same spaces)", "trivial_same_spaces"),
     ):
-        rows[name] = measure(cfg, splits.train, env_name, args.iterations)
+        rows[name] = measure(cfg, env_name, args.iterations)
     ours, trivial = rows["SequentialTradingEnv"], rows["trivial (same spaces)"]
     print(f"{'env':<24}{'sample agent-steps/s':>22}{'iteration agent-steps/s':>26}")
     for name, row in rows.items():

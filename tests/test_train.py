@@ -193,3 +193,17 @@ def test_training_joins_a_local_ray_cluster(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
+
+
+@pytest.mark.slow
+def test_tune_saves_the_best_trial_as_a_run(tmp_path):
+    proc = run_cli(tmp_path, "--config", "configs/smoke.yaml", "--tune", "--run-id", "search",
+                   "--set", "tune.max_iterations=1")  # fmt: skip
+    assert "validation_score" in proc.stdout and "best trial" in proc.stdout
+    run_dir = tmp_path / "saved" / "search"
+    results = (tmp_path / "logs" / "search" / "tune_results.csv").read_text().splitlines()
+    assert len(results) == 1 + 2  # header + num_samples trials
+    cfg, _, policy = Train.load_run(run_dir)
+    best = max(float(line.rsplit(",", 1)[1]) for line in results[1:])
+    assert json.loads((run_dir / "state.json").read_text())["best_score"] == pytest.approx(best)
+    assert callable(policy) and cfg["run"]["iterations"] == 1
