@@ -304,14 +304,17 @@ def build_manifest(cfg: dict[str, Any], splits: Splits) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
-def make_env(cfg: dict[str, Any], data: MarketData, mode: str = "train") -> Any:
-    """The wrapped PettingZoo AEC env over ``data`` with the run's env settings.
+def make_env(cfg: dict[str, Any], data: MarketData, mode: str = "train", wrapped: bool = True) -> Any:
+    """The PettingZoo AEC env over ``data`` with the run's env settings.
 
     ``mode="train"``: random starts and fixed-length episodes; ``"eval"``: the whole split once.
+    ``wrapped=False`` skips PettingZoo's order-enforcing wrapper (RLlib's PettingZooEnv drives the
+    env correctly by construction, and the wrapper's per-call checks cost throughput).
     """
     import SequentialTradingEnv
 
-    return SequentialTradingEnv.env(data=data, mode=mode, **cfg["env"])
+    factory = SequentialTradingEnv.env if wrapped else SequentialTradingEnv.raw_env
+    return factory(data=data, mode=mode, **cfg["env"])
 
 
 _SPLITS_CACHE: dict[str, Splits] = {}
@@ -338,7 +341,7 @@ def _rllib_env_creator(env_config: dict[str, Any]) -> Any:
     from ray.rllib.env.wrappers.pettingzoo_env import PettingZooEnv
 
     cfg = env_config["cfg"]
-    return PettingZooEnv(make_env(cfg, cached_splits(cfg).train, mode="train"))
+    return PettingZooEnv(make_env(cfg, cached_splits(cfg).train, mode="train", wrapped=False))
 
 
 def agent_to_module(agent_id: str, *args: Any, **kwargs: Any) -> str:
