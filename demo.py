@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/demo.yaml")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("alembic", "pgserver", "httpx"):  # their INFO lines bury the demo's own progress
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     cfg = load_demo_config(args.config)
     started = time.monotonic()
 
