@@ -22,7 +22,7 @@ Run layout::
     saved_models/<run_id>/state.json       iteration counter and best score (for --resume)
     logs/<run_id>/progress.log|.csv        one line per iteration
     logs/<run_id>/tensorboard/             TensorBoard event files
-    logs/<run_id>/ray/                     Ray's own session logs (local Ray only)
+    logs/<run_id>/ray/ rllib/ tune/        Ray's own output (session logs of a local Ray; Tune trials)
 
 Loading a run for inference (what performance.py uses)::
 
