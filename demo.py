@@ -30,12 +30,15 @@ from settings import PROJECT_ROOT, ConfigError, check_keys, env, load_yaml
 
 log = logging.getLogger("demo")
 
-DEMO_KEYS = {"exchange", "ingest", "train_config", "run_id", "backtest_split"}
+DEMO_KEYS = {"exchange", "ingest", "train_config", "run_id", "backtest_split", "saved_models_dir", "logs_dir"}
 
 
 def load_demo_config(path: str | Path = "configs/demo.yaml") -> dict[str, Any]:
     cfg = load_yaml(path)
     check_keys(cfg, DEMO_KEYS, str(path))
+    missing = sorted(DEMO_KEYS - set(cfg))
+    if missing:
+        raise ConfigError(f"{path} lacks {missing}; see configs/demo.yaml for every key")
     return cfg
 
 
@@ -86,7 +89,9 @@ def ingest(cfg: dict[str, Any]) -> None:
 
 
 def train_or_reuse(cfg: dict[str, Any]) -> Path:
-    paths = Train.RunPaths.make(cfg["run_id"])
+    paths = Train.RunPaths.make(
+        cfg["run_id"], PROJECT_ROOT / cfg["saved_models_dir"], PROJECT_ROOT / cfg["logs_dir"]
+    )
     if (paths.run_dir / "checkpoint").exists():
         print(f"[demo] reusing the trained run {paths.run_dir} (delete it to retrain)")
         return paths.run_dir
@@ -94,6 +99,25 @@ def train_or_reuse(cfg: dict[str, Any]) -> Path:
     print(f"[demo] training run {cfg['run_id']} ({train_cfg['run']['iterations']} iterations)")
     Train.train(train_cfg, paths)
     return paths.run_dir
+
+
+def run_demo(cfg: dict[str, Any]) -> performance.BacktestResult:
+    """Every stage of the demo in order; returns the backtest of the trained run."""
+    url = db.database_url()
+    where = "DATABASE_URL" if env("DATABASE_URL") else "the embedded PostgreSQL (DATABASE_URL unset)"
+    print(f"[demo] database: {db.masked(url)} from {where}")
+    db.get_engine(url)
+
+    ingest(cfg)
+    print("[demo] building indicators with dbt")
+    dbt_runner.run_dbt(["build"], url=url)
+    run_dir = train_or_reuse(cfg)
+    print(f"[demo] backtesting {run_dir} on the {cfg['backtest_split']} split")
+    out_dir = PROJECT_ROOT / cfg["logs_dir"] / cfg["run_id"] / "backtest"
+    result = performance.backtest(run_dir, out_dir, split=cfg["backtest_split"])
+    print(performance.format_table(result.table))
+    print(f"[demo] report: {result.out_dir / 'report.html'}")
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,20 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(chatty).setLevel(logging.WARNING)
     cfg = load_demo_config(args.config)
     started = time.monotonic()
-
-    url = db.database_url()
-    where = "DATABASE_URL" if env("DATABASE_URL") else "the embedded PostgreSQL (DATABASE_URL unset)"
-    print(f"[demo] database: {db.masked(url)} from {where}")
-    db.get_engine(url)
-
-    ingest(cfg)
-    print("[demo] building indicators with dbt")
-    dbt_runner.run_dbt(["build"], url=url)
-    run_dir = train_or_reuse(cfg)
-    print(f"[demo] backtesting {run_dir} on the {cfg['backtest_split']} split")
-    result = performance.backtest(run_dir, split=cfg["backtest_split"])
-    print(performance.format_table(result.table))
-    print(f"[demo] report: {result.out_dir / 'report.html'}")
+    run_demo(cfg)
     print(f"[demo] done in {time.monotonic() - started:.0f} s")
     return 0
 
