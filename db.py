@@ -12,9 +12,12 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import logging
 import threading
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +81,35 @@ def get_engine(url: str | None = None, migrate: bool = True) -> Engine:
                 migrate_schema(engine)
             _engines[url] = engine
     return engine
+
+
+def dispose_engine(url: str) -> None:
+    """Close the cached engine of ``url`` (its pooled connections) if there is one."""
+    with _engines_lock:
+        engine = _engines.pop(url, None)
+    if engine is not None:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def scratch_database(prefix: str, server_url: str | None = None) -> Iterator[str]:
+    """Create a fresh, uniquely named database on the server of ``server_url`` (default: the
+    project's), yield its URL, and drop it afterwards (for tests and benchmarks)."""
+    server = make_url(server_url or database_url())
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = server.set(database=name).render_as_string(hide_password=False)
+        try:
+            yield url
+        finally:
+            dispose_engine(url)
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
 
 
 def migrate_schema(engine: Engine) -> None:

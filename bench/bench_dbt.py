@@ -16,12 +16,11 @@ import argparse
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -81,14 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.data_dir} is missing: nothing to benchmark")
         return 0
 
-    server = make_url(db.database_url())
-    name = f"bench_dbt_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = server.set(database=name).render_as_string(hide_password=False)
     rows: list[tuple[str, float, str]] = []
-    try:
+    with db.scratch_database("bench_dbt") as url:
         engine = db.get_engine(url)
         candles, symbols, seconds = _load(engine, args.data_dir, args.pairs)
         rows.append((f"load {len(symbols)} pairs (db.write_candles)", seconds, f"{candles:,} candles"))
@@ -113,14 +106,6 @@ def main(argv: list[str] | None = None) -> int:
                          _node_seconds(result, ".indicators"), f"{len(symbols)} new rows"))
             rows.append((f"incremental +1 bar/pair ({label}): dbt {command[0]} total", total,
                          "run_dbt wall time" + (", with the data tests" if command[0] == "build" else "")))
-        engine.dispose()
-    finally:
-        for engine in list(db._engines.values()):
-            engine.dispose()
-        db._engines.clear()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
     width = max(len(step) for step, _, _ in rows)
     print(f"\n{'step':<{width}}  {'seconds':>8}  note   (load average {os.getloadavg()[0]:.1f})")

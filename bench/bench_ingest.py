@@ -15,12 +15,11 @@ import io
 import logging
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -61,14 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.getLogger("fetch_data").setLevel(logging.ERROR)  # gap warnings are expected here
 
-    server = make_url(db.database_url())
-    name = f"bench_ingest_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = server.set(database=name).render_as_string(hide_password=False)
     results: list[tuple[str, int, float]] = []
-    try:
+    with db.scratch_database("bench_ingest") as url:
         engine = db.get_engine(url)
         per = args.rows // args.symbols
         series = [synthetic_rows(per, seed) for seed in range(args.symbols)]
@@ -174,14 +167,6 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             results.append(("  same, ccxt rate limiter off", fetched, seconds))
-    finally:
-        for engine_url in [url]:
-            engine = db._engines.pop(engine_url, None)
-            if engine is not None:
-                engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
     width = max(len(r[0]) for r in results)
     print(f"\n{'path':<{width}}  {'rows':>10}  {'seconds':>8}  {'candles/s':>10}")
