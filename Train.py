@@ -182,6 +182,13 @@ def validate_config(cfg: dict[str, Any]) -> None:
         hidden = cfg["model"][key]
         if not (isinstance(hidden, list) and hidden and all(isinstance(h, int) and h > 0 for h in hidden)):
             raise ConfigError(f"model.{key} must be a non-empty list of positive layer sizes, got {hidden!r}")
+    if cfg["resources"]["rllib_env"] not in ("two_phase", "pettingzoo"):
+        raise ConfigError(
+            f"resources.rllib_env must be two_phase or pettingzoo, got {cfg['resources']['rllib_env']!r}"
+        )
+    log_std = cfg["model"]["meta_log_std_init"]
+    if log_std is not None and not isinstance(log_std, (int, float)):
+        raise ConfigError(f"model.meta_log_std_init must be a number or null, got {log_std!r}")
     runners = cfg["resources"]["num_env_runners"]
     if runners != "auto" and (not isinstance(runners, int) or runners < 0):
         raise ConfigError(f"resources.num_env_runners must be 'auto' or an integer >= 0, got {runners!r}")
@@ -338,10 +345,19 @@ def cached_splits(cfg: dict[str, Any], splits: Splits | None = None) -> Splits:
 
 def _rllib_env_creator(env_config: dict[str, Any]) -> Any:
     """Builds a training env inside an env runner from the run config in ``env_config``."""
+    import torch
     from ray.rllib.env.wrappers.pettingzoo_env import PettingZooEnv
 
+    # One torch thread per env runner: its forward passes are tiny batches, and a second thread
+    # only spins against the learner for the machine's cores.
+    torch.set_num_threads(1)
     cfg = env_config["cfg"]
-    return PettingZooEnv(make_env(cfg, cached_splits(cfg).train, mode="train", wrapped=False))
+    data = cached_splits(cfg).train
+    if cfg["resources"]["rllib_env"] == "two_phase":
+        import SequentialTradingEnv
+
+        return SequentialTradingEnv.rllib_two_phase_env(data=data, mode="train", **cfg["env"])
+    return PettingZooEnv(make_env(cfg, data, mode="train", wrapped=False))
 
 
 def agent_to_module(agent_id: str, *args: Any, **kwargs: Any) -> str:
@@ -587,6 +603,28 @@ def build_algo_config(
     return config
 
 
+def init_meta_log_std(algo: Any, log_std: float | None) -> None:
+    """Start the meta-agent's Gaussian at std ``exp(log_std)`` (RLlib starts at 1) in the learner and
+    every env runner. Exploring with std 1 in logit units reshuffles the whole allocation every bar;
+    its trading costs drown the planted signal's reward until PPO has shrunk the std by itself.
+    The log-std half of the policy head's last layer gets zero weights and this bias (still learned)."""
+    import torch
+
+    if log_std is None:
+        return
+    module = algo.learner_group._learner.module["meta"]
+    head = module.pi
+    with torch.no_grad():
+        if hasattr(head, "log_std"):  # free_log_std heads
+            head.log_std.fill_(float(log_std))
+        else:
+            last = [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1]
+            half = last.out_features // 2
+            last.weight[half:].zero_()
+            last.bias[half:].fill_(float(log_std))
+    algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
+
+
 def _redirect_rllib_logdir(log_dir: Path) -> None:
     """Algorithm() outside Tune makes an (empty) dir under ~/ray_results; keep it in logs/<run_id>."""
     import ray.tune.trainable.trainable as trainable
@@ -764,6 +802,8 @@ def train(
     algo = algo_config.build_algo()
     if resume:
         algo.restore_from_path(str((paths.run_dir / "latest").resolve()))
+    else:
+        init_meta_log_std(algo, cfg["model"]["meta_log_std_init"])
     progress = ProgressLog(paths.log_dir)
     progress.line(
         f"run {paths.run_id}: {'resuming at' if resume else 'starting'} iteration {state['iteration']} "
