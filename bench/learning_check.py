@@ -1,6 +1,7 @@
 """Does training learn? Planted-signal market vs its oracle, and a no-signal control.
 
-    python bench/learning_check.py [--budget-s 1200] [--control-budget-s 300] [--set KEY=VALUE ...]
+    python bench/learning_check.py [--budget-s 1200] [--control-budget-s 300] [--config PATH]
+                                   [--set KEY=VALUE ...]
 
 Two synthetic markets (4 pairs, 10 bps fees, `synthetic.py`): one whose planted feature has a
 0.1 correlation with the next bar's return, and a control without a plant (correlation 0). For
@@ -36,11 +37,12 @@ SPLITS = {
     "test": {"start": "2023-10-01", "end": "2024-01-01"},
 }
 N_BARS = 35_064  # 1h bars from 2020-01-01 to 2024-01-01
+CONFIG = ROOT / "configs" / "learning_check.yaml"
 
 
-def market_config(signal_corr: float, budget_s: float, overrides: list[str]) -> dict:
+def market_config(signal_corr: float, budget_s: float, overrides: list[str], config: Path = CONFIG) -> dict:
     cfg = Train.load_config(
-        ROOT / "configs" / "train.yaml",
+        config,
         [
             f"run.time_budget_s={budget_s}",
             "run.iterations=100000",
@@ -57,9 +59,14 @@ def market_config(signal_corr: float, budget_s: float, overrides: list[str]) -> 
 
 
 def check_market(
-    name: str, signal_corr: float, budget_s: float, overrides: list[str], run_prefix: str
+    name: str,
+    signal_corr: float,
+    budget_s: float,
+    overrides: list[str],
+    run_prefix: str,
+    config: Path = CONFIG,
 ) -> dict:
-    cfg = market_config(signal_corr, budget_s, overrides)
+    cfg = market_config(signal_corr, budget_s, overrides, config)
     splits = Train.load_splits(cfg)
     portfolio = cfg["env"]["portfolio"]
     threshold, oracle_train = synthetic.tune_oracle(splits.train, portfolio)
@@ -76,6 +83,7 @@ def check_market(
     _, _, policy = Train.load_run(paths.run_dir)
     record = Train.play_episode(Train.make_env(cfg, splits.test, mode="eval"), policy, seed=0)
     scores = Train.score_episode(record, splits.test.timeframe)
+    final = json.loads((paths.run_dir / "metrics.json").read_text())
     return {
         "market": name,
         "signal_corr": signal_corr,
@@ -86,6 +94,8 @@ def check_market(
         "ratio": scores["log_growth"] / oracle_test if oracle_test > 0 else float("nan"),
         "iterations": result.iterations,
         "best_iteration": result.best_iteration,
+        "agent_steps": final["agent_steps"],
+        "agent_steps_per_s": final["agent_steps"] / max(final["seconds_this_session"], 1e-9),
         "run_dir": str(paths.run_dir),
         "test_bars": splits.test.n_bars,
     }
@@ -96,23 +106,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=1200.0, help="training budget, planted market")
     parser.add_argument("--control-budget-s", type=float, default=300.0, help="training budget, control")
     parser.add_argument("--skip-control", action="store_true")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="Train config laid over train.yaml")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="Train config override"
     )
     args = parser.parse_args(argv)
     prefix = "learning_check_" + dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-    rows = [check_market("planted", 0.1, args.budget_s, args.set, prefix)]
+    rows = [check_market("planted", 0.1, args.budget_s, args.set, prefix, args.config)]
     if not args.skip_control:
-        rows.append(check_market("control", 0.0, args.control_budget_s, args.set, prefix))
+        rows.append(check_market("control", 0.0, args.control_budget_s, args.set, prefix, args.config))
     print()
     print(
         f"{'market':<9}{'corr':>6}{'oracle':>10}{'agent':>10}{'agent/oracle':>14}"
-        f"{'agent Sharpe':>14}{'iters':>7}"
+        f"{'agent Sharpe':>14}{'iters':>7}{'agent steps':>13}{'steps/s':>9}"
     )
     for row in rows:
         print(
             f"{row['market']:<9}{row['signal_corr']:>6.2f}{row['oracle_log_growth']:>10.4f}"
             f"{row['agent_log_growth']:>10.4f}{row['ratio']:>14.0%}{row['agent_sharpe']:>14.2f}{row['iterations']:>7}"
+            f"{row['agent_steps']:>13,}{row['agent_steps_per_s']:>9.0f}"
         )
     print("(log growth over the held-out test split; cash = 0)")
     out = Train.LOGS / f"{prefix}.json"
