@@ -743,6 +743,18 @@ class RunResult:
     best_iteration: int
     best_metrics: dict[str, float]
 
+    @classmethod
+    def from_state(cls, paths: RunPaths, state: dict[str, Any]) -> RunResult:
+        """The result recorded in a run's ``state.json``."""
+        return cls(
+            paths.run_id,
+            paths.run_dir,
+            state["iteration"],
+            state["best_score"],
+            state["best_iteration"],
+            state["best_metrics"],
+        )
+
 
 def validate(cfg: dict[str, Any], algo: Any, data: MarketData) -> dict[str, float]:
     """Play the deterministic policy once over the whole validation split and score it."""
@@ -867,14 +879,7 @@ def train(
         "best_validation_metrics": state["best_metrics"],
     }
     _write_json(paths.run_dir / "metrics.json", final)
-    return RunResult(
-        paths.run_id,
-        paths.run_dir,
-        state["iteration"],
-        state["best_score"],
-        state["best_iteration"],
-        state["best_metrics"],
-    )
+    return RunResult.from_state(paths, state)
 
 
 def _format_row(row: dict[str, Any], metric: str) -> str:
@@ -1014,14 +1019,7 @@ def tune_run(cfg: dict[str, Any], paths: RunPaths, address: str | None = None) -
     best_cfg = yaml.safe_load((paths.run_dir / "config.yaml").read_text())
     state = json.loads((paths.run_dir / "state.json").read_text())
     print(f"best trial {best_name.name}: validation {best_cfg['validation']['metric']} {state['best_score']}")
-    return RunResult(
-        paths.run_id,
-        paths.run_dir,
-        state["iteration"],
-        state["best_score"],
-        state["best_iteration"],
-        state["best_metrics"],
-    )
+    return RunResult.from_state(paths, state)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -120,29 +120,22 @@ def run_job(
                     job_id=job_id,
                     progress=bar.update,
                 )
-            except FetchError as exc:
-                result = exc.result or FetchResult(
-                    symbol,
-                    timeframe,
-                    exchange,
-                    since_ms,
-                    until_ms,
-                    status="failed",
-                    error=str(exc),
-                    permanent=exc.permanent,
-                )
-                log.error("%s %s failed: %s", symbol, timeframe, exc)
             except Exception as exc:  # noqa: BLE001 - isolation: one pair's crash must not stop the others
-                result = FetchResult(
+                known = isinstance(exc, FetchError)
+                result = (exc.result if known else None) or FetchResult(
                     symbol,
                     timeframe,
                     exchange,
                     since_ms,
                     until_ms,
                     status="failed",
-                    error=f"{type(exc).__name__}: {exc}",
+                    error=str(exc) if known else f"{type(exc).__name__}: {exc}",
+                    permanent=known and exc.permanent,
                 )
-                log.exception("%s %s crashed", symbol, timeframe)
+                if known:
+                    log.error("%s %s failed: %s", symbol, timeframe, exc)
+                else:
+                    log.exception("%s %s crashed", symbol, timeframe)
             finally:
                 bar.close()
             results.append(result)

@@ -18,6 +18,19 @@ pytestmark = pytest.mark.slow
 PAIRS = ["BTC/USDT", "ETH/USDT"]
 
 
+def _stored_candles(engine) -> int:
+    """Candles of the demo's pairs stored for [2021-01-01, 2021-03-01)."""
+    with engine.connect() as conn:
+        return conn.execute(
+            text(
+                "SELECT count(*) FROM market.ohlcv WHERE exchange='binance' AND timeframe='1h' "
+                "AND symbol = ANY(:pairs) AND open_time_ms >= 1609459200000 "
+                "AND open_time_ms < 1614556800000"
+            ),
+            {"pairs": PAIRS},
+        ).scalar_one()
+
+
 def _write_configs(tmp_path, run_id: str) -> str:
     train_cfg = {
         "run": {"iterations": 1, "checkpoint_every": 1},
@@ -67,15 +80,8 @@ def test_demo_runs_end_to_end_and_reuses_what_exists(engine, tmp_path, monkeypat
         table = json.loads((report / "metrics.json").read_text())
         benchmarks = {"buy_hold_first", "equal_weight_hold", "equal_weight_rebalanced", "cash"}
         assert {"agent"} | benchmarks <= set(table)
+        stored = _stored_candles(engine)
         with engine.connect() as conn:
-            stored = conn.execute(
-                text(
-                    "SELECT count(*) FROM market.ohlcv WHERE exchange='binance' AND timeframe='1h' "
-                    "AND symbol = ANY(:pairs) AND open_time_ms >= 1609459200000 "
-                    "AND open_time_ms < 1614556800000"
-                ),
-                {"pairs": PAIRS},
-            ).scalar_one()
             features = conn.execute(
                 text("SELECT count(*) FROM features.indicators WHERE symbol = ANY(:pairs)"),
                 {"pairs": PAIRS},
@@ -86,16 +92,7 @@ def test_demo_runs_end_to_end_and_reuses_what_exists(engine, tmp_path, monkeypat
         assert demo.main(["--config", config_path]) == 0
         second = capsys.readouterr().out
         assert "reusing the trained run" in second and "[demo] training run" not in second
-        with engine.connect() as conn:
-            again = conn.execute(
-                text(
-                    "SELECT count(*) FROM market.ohlcv WHERE exchange='binance' AND timeframe='1h' "
-                    "AND symbol = ANY(:pairs) AND open_time_ms >= 1609459200000 "
-                    "AND open_time_ms < 1614556800000"
-                ),
-                {"pairs": PAIRS},
-            ).scalar_one()
-        assert again == stored
+        assert _stored_candles(engine) == stored
     finally:
         shutil.rmtree(tmp_path / "saved_models", ignore_errors=True)
 
