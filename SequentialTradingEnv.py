@@ -603,11 +603,3 @@ class _OrderEnforcing(wrappers.OrderEnforcingWrapper):
 def env(**kwargs: Any) -> AECEnv:
     """The AEC env wrapped like PettingZoo's own (order enforcing); keywords as `raw_env`."""
     return _OrderEnforcing(raw_env(**kwargs))
-
-
-def rllib_two_phase_env(**kwargs: Any) -> Any:
-    """`rllib_env.TwoPhaseTradingEnv` (an RLlib MultiAgentEnv, two env steps per bar) over this env;
-    keywords as `raw_env`. Imported lazily: RLlib is heavy and the AEC env does not need it."""
-    from rllib_env import TwoPhaseTradingEnv
-
-    return TwoPhaseTradingEnv(**kwargs)

@@ -78,9 +78,10 @@ def trivial_env_class():
 
 
 def _trivial_creator(env_config, spec):
-    from ray.rllib.env.wrappers.pettingzoo_env import PettingZooEnv
+    import rllib_env
 
-    return PettingZooEnv(trivial_env_class()(*spec))
+    # The same RLlib adapter as the real env's (resources.rllib_env), so only the env's work differs.
+    return rllib_env.for_rllib(trivial_env_class()(*spec), env_config["cfg"]["resources"]["rllib_env"])
 
 
 def env_spec(cfg: dict, data) -> tuple:

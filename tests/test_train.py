@@ -69,6 +69,8 @@ def test_smoke_config_resolves():
         ({"ppo": {"train_batch_size": 0}}, [], "train_batch_size"),
         ({"validation": {"metric": "profit"}}, [], "validation.metric"),
         ({"model": {"meta_hiddens": []}}, [], "meta_hiddens"),
+        ({"model": {"meta_log_std_clip": 0}}, [], "meta_log_std_clip"),
+        ({"model": {"meta_log_std_init": -2.0, "meta_log_std_clip": 1.0}}, [], "outside"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, payload, overrides, message):
@@ -207,3 +209,23 @@ def test_tune_saves_the_best_trial_as_a_run(tmp_path):
     best = max(float(line.rsplit(",", 1)[1]) for line in results[1:])
     assert json.loads((run_dir / "state.json").read_text())["best_score"] == pytest.approx(best)
     assert callable(policy) and cfg["run"]["iterations"] == 1
+
+
+def test_meta_log_std_clip_bounds_the_meta_exploration():
+    import torch
+    from ray.rllib.core import Columns
+
+    cfg = Train.load_config(ROOT / "configs" / "smoke.yaml", ["model.meta_log_std_clip=0.5"])
+    env = Train.make_env(cfg, Train.load_splits(cfg).train)
+    spec = Train.build_algo_config(cfg).rl_module_spec.rl_module_specs["meta"]
+    spec.observation_space, spec.action_space = env.observation_space("meta"), env.action_space("meta")
+    module = spec.build()
+    last = [m for m in module.pi.modules() if isinstance(m, torch.nn.Linear)][-1]
+    half = last.out_features // 2
+    obs = torch.as_tensor(np.stack([env.observation_space("meta").sample() for _ in range(4)]))
+    for wanted_log_std, expected in ((-3.0, -0.5), (0.2, 0.2), (3.0, 0.5)):
+        with torch.no_grad():
+            last.weight[half:].zero_()
+            last.bias[half:].fill_(wanted_log_std)
+            out = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
+        np.testing.assert_allclose(out[:, half:].numpy(), expected, rtol=1e-6)
