@@ -72,6 +72,7 @@ SAVED_MODELS = PROJECT_ROOT / "saved_models"
 LOGS = PROJECT_ROOT / "logs"
 ENV_NAME = "sequential_trading"
 SPLITS = ("train", "validation", "test")
+META_NETWORKS = ("mlp", "pair_shared")  # model.meta_network: see meta_module.py
 VALIDATION_METRICS = ("sharpe", "log_growth", "total_return", "sortino", "calmar", "cagr")
 # Unix sockets cannot live under long paths (108 bytes); Ray's session dir adds ~62 characters.
 _MAX_RAY_TEMP_DIR = 44
@@ -189,6 +190,10 @@ def validate_config(cfg: dict[str, Any]) -> None:
     log_std = cfg["model"]["meta_log_std_init"]
     if log_std is not None and not isinstance(log_std, (int, float)):
         raise ConfigError(f"model.meta_log_std_init must be a number or null, got {log_std!r}")
+    if cfg["model"]["meta_network"] not in META_NETWORKS:
+        raise ConfigError(
+            f"model.meta_network must be one of {META_NETWORKS}, got {cfg['model']['meta_network']!r}"
+        )
     clip = cfg["model"]["meta_log_std_clip"]
     if clip is not None and (not isinstance(clip, (int, float)) or clip <= 0):
         raise ConfigError(f"model.meta_log_std_clip must be a positive number or null, got {clip!r}")
@@ -561,7 +566,22 @@ def build_algo_config(
     # RLlib clamps the Gaussian's log std to [-clip, clip]. Without a floor PPO can shrink the std
     # early, and as each clipped update moves the mean by a fraction of the std, learning stalls.
     clip = model["meta_log_std_clip"]
-    meta_extra = {} if clip is None else {"log_std_clip_param": float(clip)}
+    if model["meta_network"] == "pair_shared":
+        from meta_module import PairSharedAllocator
+
+        meta_spec = RLModuleSpec(
+            module_class=PairSharedAllocator,
+            model_config={
+                "hiddens": list(model["meta_hiddens"]),
+                "activation": model["activation"],
+                "log_std_init": model["meta_log_std_init"],
+                "log_std_clip": clip,
+            },
+        )
+    else:
+        meta_spec = spec(
+            model["meta_hiddens"], **({} if clip is None else {"log_std_clip_param": float(clip)})
+        )
 
     # The meta-agent acts once per bar against N specialist steps, and the minibatch iterator cycles
     # every module until the specialist data is covered num_epochs times: the meta makes ~N times
@@ -591,7 +611,7 @@ def build_algo_config(
             rl_module_spec=MultiRLModuleSpec(
                 rl_module_specs={
                     "specialist": spec(model["specialist_hiddens"]),
-                    "meta": spec(model["meta_hiddens"], **meta_extra),
+                    "meta": meta_spec,
                 }
             ),
             algorithm_config_overrides_per_module={"meta": PPOConfig.overrides(lr=meta_lr)},
@@ -623,9 +643,9 @@ def init_meta_log_std(algo: Any, log_std: float | None) -> None:
     The log-std half of the policy head's last layer gets zero weights and this bias (still learned)."""
     import torch
 
-    if log_std is None:
-        return
     module = algo.learner_group._learner.module["meta"]
+    if log_std is None or not hasattr(module, "pi"):  # meta_module's networks start there themselves
+        return
     head = module.pi
     with torch.no_grad():
         if hasattr(head, "log_std"):  # free_log_std heads

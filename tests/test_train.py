@@ -70,6 +70,7 @@ def test_smoke_config_resolves():
         ({"validation": {"metric": "profit"}}, [], "validation.metric"),
         ({"model": {"meta_hiddens": []}}, [], "meta_hiddens"),
         ({"model": {"meta_log_std_clip": 0}}, [], "meta_log_std_clip"),
+        ({"model": {"meta_network": "transformer"}}, [], "meta_network"),
         ({"model": {"meta_log_std_init": -2.0, "meta_log_std_clip": 1.0}}, [], "outside"),
     ],
 )
@@ -132,6 +133,20 @@ def test_smoke_run_is_loadable_and_resumes(tmp_path):
     rows = (log_dir / "progress.csv").read_text().strip().splitlines()
     assert [row.split(",")[0] for row in rows[1:]] == ["1", "2", "3"]
     assert json.loads((run_dir / "metrics.json").read_text())["iterations"] == 3
+
+
+@pytest.mark.slow
+def test_pair_shared_meta_trains_on_a_runner_and_reloads(tmp_path):
+    from meta_module import PairSharedAllocator
+
+    run_cli(tmp_path, "--config", "configs/smoke.yaml", "--run-id", "shared", "--set", "run.iterations=1",
+            "--set", "model.meta_network=pair_shared", "--set", "resources.num_env_runners=1")  # fmt: skip
+    cfg, _, policy = Train.load_run(tmp_path / "saved" / "shared")
+    assert isinstance(policy.modules["meta"], PairSharedAllocator)
+    env = Train.make_env(cfg, Train.load_splits(cfg).test, mode="eval")
+    records = [Train.play_episode(env, policy) for _ in range(2)]
+    assert len(records[0].equity) > 1 and np.all(np.isfinite(records[0].equity))
+    np.testing.assert_array_equal(records[0].equity, records[1].equity)  # deterministic
 
 
 def _free_port() -> int:

@@ -1,0 +1,89 @@
+"""The meta-agent's allocator as an RLlib module: one scoring network shared by every pair.
+
+A plain MLP over the meta-agent's whole observation must learn the same "how attractive is this
+pair" function once per pair position, from a quarter of the data each (4 pairs). Here one small
+network scores every pair from that pair's own slice of the observation (its features, its
+specialist's call, its current weight), the way EIIE does it (Jiang, Xu & Liang 2017, "A Deep
+Reinforcement Learning Framework for the Financial Portfolio Management Problem"); cash has a
+learned score of its own. Every pair's bars then train the same weights, and the allocation does
+not depend on the order of the pairs.
+
+The scores are the means of the Gaussian over the env's N+1 logits (the env takes the softmax),
+with a learned, state-independent log std per logit. The value function is an ordinary MLP over
+the whole observation: it has to see the portfolio as a whole.
+
+Observation layout (`SequentialTradingEnv`, meta-agent): ``[N*F features (pair-major), N calls,
+N+1 weights (pairs, then cash)]``; the action space's N+1 logits tell N.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.distribution.torch.torch_distribution import TorchDiagGaussian
+from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
+from ray.rllib.core.rl_module.torch import TorchRLModule
+from torch import nn
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
+
+
+def mlp(sizes: list[int], activation: str) -> nn.Sequential:
+    """Linear layers of ``sizes`` with ``activation`` between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(sizes) - 2:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+class PairSharedAllocator(TorchRLModule, ValueFunctionAPI):
+    """PPO module for the meta-agent. ``model_config``: ``hiddens`` (list of layer sizes, scorer and
+    value net), ``activation`` (tanh | relu | elu | silu), ``log_std_init`` (null: 0, std 1) and
+    ``log_std_clip`` (null: none; else the log std is clamped to +-clip, like RLlib's heads)."""
+
+    def setup(self) -> None:
+        cfg = self.model_config
+        n = self.n_pairs = int(self.action_space.shape[0]) - 1
+        obs_dim = int(self.observation_space.shape[0])
+        if n < 1 or obs_dim <= 2 * n + 1 or (obs_dim - 2 * n - 1) % n:
+            raise ValueError(
+                f"observation ({obs_dim},) and action ({n + 1},) spaces are not the meta-agent's: "
+                "expected [N*F features, N calls, N+1 weights] and N+1 logits"
+            )
+        self.n_features = (obs_dim - 2 * n - 1) // n
+        hiddens, activation = [int(h) for h in cfg["hiddens"]], str(cfg["activation"])
+        # Scorer input per pair: its F features, its specialist's call and its current weight.
+        self.scorer = mlp([self.n_features + 2, *hiddens, 1], activation)
+        with torch.no_grad():  # start near equal scores: no random tilt towards arbitrary features
+            self.scorer[-1].weight.mul_(0.01)
+            self.scorer[-1].bias.zero_()
+        self.cash_score = nn.Parameter(torch.zeros(1))
+        self.log_std = nn.Parameter(torch.full((n + 1,), float(cfg.get("log_std_init") or 0.0)))
+        clip = cfg.get("log_std_clip")
+        self.log_std_clip = None if clip is None else float(clip)
+        self.value_net = mlp([obs_dim, *hiddens, 1], activation)
+        self.action_dist_cls = TorchDiagGaussian
+
+    def _scores(self, obs: torch.Tensor) -> torch.Tensor:
+        n, f = self.n_pairs, self.n_features
+        features = obs[:, : n * f].reshape(-1, n, f)
+        calls = obs[:, n * f : n * f + n, None]
+        weights = obs[:, n * f + n : n * f + 2 * n, None]
+        pair_scores = self.scorer(torch.cat((features, calls, weights), dim=-1)).squeeze(-1)
+        return torch.cat((pair_scores, self.cash_score.expand(obs.shape[0], 1)), dim=-1)
+
+    def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        mean = self._scores(batch[Columns.OBS])
+        log_std = (
+            self.log_std
+            if self.log_std_clip is None
+            else self.log_std.clamp(-self.log_std_clip, self.log_std_clip)
+        )
+        return {Columns.ACTION_DIST_INPUTS: torch.cat((mean, log_std.expand_as(mean)), dim=-1)}
+
+    def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
+        return self.value_net(batch[Columns.OBS]).squeeze(-1)
