@@ -73,6 +73,7 @@ LOGS = PROJECT_ROOT / "logs"
 ENV_NAME = "sequential_trading"
 SPLITS = ("train", "validation", "test")
 META_NETWORKS = ("mlp", "pair_shared")  # model.meta_network: see meta_module.py
+RLLIB_ENV_KINDS = ("two_phase", "pettingzoo")  # resources.rllib_env: see rllib_env.for_rllib
 VALIDATION_METRICS = ("sharpe", "log_growth", "total_return", "sortino", "calmar", "cagr")
 # Unix sockets cannot live under long paths (108 bytes); Ray's session dir adds ~62 characters.
 _MAX_RAY_TEMP_DIR = 44
@@ -183,9 +184,9 @@ def validate_config(cfg: dict[str, Any]) -> None:
         hidden = cfg["model"][key]
         if not (isinstance(hidden, list) and hidden and all(isinstance(h, int) and h > 0 for h in hidden)):
             raise ConfigError(f"model.{key} must be a non-empty list of positive layer sizes, got {hidden!r}")
-    if cfg["resources"]["rllib_env"] not in ("two_phase", "pettingzoo"):
+    if cfg["resources"]["rllib_env"] not in RLLIB_ENV_KINDS:
         raise ConfigError(
-            f"resources.rllib_env must be two_phase or pettingzoo, got {cfg['resources']['rllib_env']!r}"
+            f"resources.rllib_env must be one of {RLLIB_ENV_KINDS}, got {cfg['resources']['rllib_env']!r}"
         )
     log_std = cfg["model"]["meta_log_std_init"]
     if log_std is not None and not isinstance(log_std, (int, float)):

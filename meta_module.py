@@ -23,26 +23,15 @@ from typing import Any
 import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.distribution.torch.torch_distribution import TorchDiagGaussian
+from ray.rllib.core.models.torch.primitives import TorchMLP
 from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from torch import nn
 
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
-
-
-def mlp(sizes: list[int], activation: str) -> nn.Sequential:
-    """Linear layers of ``sizes`` with ``activation`` between them (none after the last)."""
-    layers: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(nn.Linear(fan_in, fan_out))
-        if i < len(sizes) - 2:
-            layers.append(ACTIVATIONS[activation]())
-    return nn.Sequential(*layers)
-
 
 class PairSharedAllocator(TorchRLModule, ValueFunctionAPI):
     """PPO module for the meta-agent. ``model_config``: ``hiddens`` (list of layer sizes, scorer and
-    value net), ``activation`` (tanh | relu | elu | silu), ``log_std_init`` (null: 0, std 1) and
+    value net), ``activation`` (any of RLlib's, as for the MLP meta), ``log_std_init`` (null: 0, std 1) and
     ``log_std_clip`` (null: none; else the log std is clamped to +-clip, like RLlib's heads)."""
 
     def setup(self) -> None:
@@ -57,15 +46,23 @@ class PairSharedAllocator(TorchRLModule, ValueFunctionAPI):
         self.n_features = (obs_dim - 2 * n - 1) // n
         hiddens, activation = [int(h) for h in cfg["hiddens"]], str(cfg["activation"])
         # Scorer input per pair: its F features, its specialist's call and its current weight.
-        self.scorer = mlp([self.n_features + 2, *hiddens, 1], activation)
+        self.scorer = TorchMLP(
+            input_dim=self.n_features + 2,
+            hidden_layer_dims=hiddens,
+            hidden_layer_activation=activation,
+            output_dim=1,
+        )
+        last = [m for m in self.scorer.modules() if isinstance(m, nn.Linear)][-1]
         with torch.no_grad():  # start near equal scores: no random tilt towards arbitrary features
-            self.scorer[-1].weight.mul_(0.01)
-            self.scorer[-1].bias.zero_()
+            last.weight.mul_(0.01)
+            last.bias.zero_()
         self.cash_score = nn.Parameter(torch.zeros(1))
         self.log_std = nn.Parameter(torch.full((n + 1,), float(cfg.get("log_std_init") or 0.0)))
         clip = cfg.get("log_std_clip")
         self.log_std_clip = None if clip is None else float(clip)
-        self.value_net = mlp([obs_dim, *hiddens, 1], activation)
+        self.value_net = TorchMLP(
+            input_dim=obs_dim, hidden_layer_dims=hiddens, hidden_layer_activation=activation, output_dim=1
+        )
         self.action_dist_cls = TorchDiagGaussian
 
     def _scores(self, obs: torch.Tensor) -> torch.Tensor:
