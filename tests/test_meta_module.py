@@ -55,6 +55,30 @@ def test_scores_follow_the_pairs_not_their_positions(env):
     assert values.shape == (2,)
 
 
+def test_cash_is_scored_as_a_neutral_asset_holding_its_own_weight(env):
+    """Cash goes through the pairs' scorer (neutral features, no call, its weight) plus an offset:
+    holding cash is as sticky as holding a pair, so the agent cannot be biased towards staying in."""
+    torch.manual_seed(0)
+    module = make_module(env)
+    with torch.no_grad():
+        for p in module.scorer.parameters():  # undo the near-zero init: scores must differ
+            p.normal_(0.0, 0.5)
+        module.cash_offset.fill_(0.75)
+    n, f = env.n_pairs, len(env.feature_names)
+    obs = np.zeros(env.observation_space(S.META).shape, dtype=np.float32)
+    obs[f : n * f] = 1.3  # pairs 1.. have non-neutral features; pair 0 is neutral with no call
+    obs[n * f + 1 : n * f + n] = 1.0
+    obs[n * f + n :] = [0.6, 0.1, 0.0, 0.3]  # weights: pair 0 holds the most, cash 0.3
+    held_more = obs.copy()
+    held_more[n * f + n], held_more[-1] = 0.3, 0.6  # swap pair 0's weight and cash's
+    with torch.no_grad():
+        scores = module._scores(torch.as_tensor(np.stack((obs, held_more)))).numpy()
+    # A neutral pair holding what cash holds scores exactly cash's score less the offset.
+    np.testing.assert_allclose(scores[1, n] - 0.75, scores[0, 0], rtol=1e-6)
+    np.testing.assert_allclose(scores[0, n] - 0.75, scores[1, 0], rtol=1e-6)
+    assert scores[0, n] != scores[1, n]  # cash's score depends on cash's current weight
+
+
 def test_spaces_that_are_not_the_meta_agents_are_refused(env):
     import gymnasium
 
