@@ -200,6 +200,8 @@ def validate_config(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"model.meta_log_std_clip must be a positive number or null, got {clip!r}")
     if clip is not None and log_std is not None and abs(log_std) > clip:
         raise ConfigError(f"model.meta_log_std_init {log_std} lies outside +-meta_log_std_clip {clip}")
+    if not isinstance(cfg["resources"]["env_infos"], bool):
+        raise ConfigError(f"resources.env_infos must be true or false, got {cfg['resources']['env_infos']!r}")
     runners = cfg["resources"]["num_env_runners"]
     if runners != "auto" and (not isinstance(runners, int) or runners < 0):
         raise ConfigError(f"resources.num_env_runners must be 'auto' or an integer >= 0, got {runners!r}")
@@ -365,7 +367,7 @@ def _rllib_env_creator(env_config: dict[str, Any]) -> Any:
     torch.set_num_threads(1)
     cfg = env_config["cfg"]
     aec = make_env(cfg, cached_splits(cfg).train, mode="train", wrapped=False)
-    return rllib_env.for_rllib(aec, cfg["resources"]["rllib_env"])
+    return rllib_env.for_rllib(aec, cfg["resources"]["rllib_env"], infos=cfg["resources"]["env_infos"])
 
 
 def agent_to_module(agent_id: str, *args: Any, **kwargs: Any) -> str:

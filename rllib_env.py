@@ -29,8 +29,10 @@ class TwoPhaseEnv(MultiAgentEnv):
     """RLlib MultiAgentEnv over an AEC env whose agents act in ``possible_agents`` order every round,
     the last one (the meta-agent) after all the others."""
 
-    def __init__(self, aec: AECEnv) -> None:
+    def __init__(self, aec: AECEnv, infos: bool = True) -> None:
         self.raw = aec
+        # RLlib keeps every info dict in its episode buffers, and PPO never reads them.
+        self.forward_infos = infos
         self.possible_agents = list(aec.possible_agents)
         self.agents = list(self.possible_agents)
         self.observation_spaces = {a: aec.observation_space(a) for a in self.possible_agents}
@@ -56,7 +58,7 @@ class TwoPhaseEnv(MultiAgentEnv):
             for agent in self._first:
                 raw.step(action_dict[agent])
             # The last agent's info of the previous round travels with its observation.
-            infos = {last: raw.infos[last]}
+            infos = {last: raw.infos[last]} if self.forward_infos else {}
             return {last: raw.observe(last)}, {}, {"__all__": False}, {"__all__": False}, infos
         raw.step(action_dict[last])
         terminated, truncated = raw.terminations[last], raw.truncations[last]
@@ -66,7 +68,7 @@ class TwoPhaseEnv(MultiAgentEnv):
             self.agents = []
         else:
             obs = {a: raw.observe(a) for a in (self._first or [last])}
-        infos = {a: raw.infos[a] for a in obs}
+        infos = {a: raw.infos[a] for a in obs} if self.forward_infos else {}
         terms = dict.fromkeys(self.possible_agents, terminated)
         truncs = dict.fromkeys(self.possible_agents, truncated)
         terms["__all__"], truncs["__all__"] = terminated, truncated
@@ -76,15 +78,15 @@ class TwoPhaseEnv(MultiAgentEnv):
 class TwoPhaseTradingEnv(TwoPhaseEnv):
     """`TwoPhaseEnv` over `SequentialTradingEnv.raw_env`; keywords as `raw_env`."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(ste.raw_env(**kwargs))
+    def __init__(self, infos: bool = True, **kwargs: Any) -> None:
+        super().__init__(ste.raw_env(**kwargs), infos=infos)
 
 
-def for_rllib(aec: AECEnv, kind: str = "two_phase") -> MultiAgentEnv:
-    """``aec`` as an RLlib MultiAgentEnv: `TwoPhaseEnv` (``"two_phase"``) or RLlib's ``PettingZooEnv``
-    (``"pettingzoo"``, one env step per agent)."""
+def for_rllib(aec: AECEnv, kind: str = "two_phase", infos: bool = True) -> MultiAgentEnv:
+    """``aec`` as an RLlib MultiAgentEnv: `TwoPhaseEnv` (``"two_phase"``; ``infos=False`` passes empty
+    info dicts) or RLlib's ``PettingZooEnv`` (``"pettingzoo"``, one env step per agent, always infos)."""
     if kind == "two_phase":
-        return TwoPhaseEnv(aec)
+        return TwoPhaseEnv(aec, infos=infos)
     if kind == "pettingzoo":
         from ray.rllib.env.wrappers.pettingzoo_env import PettingZooEnv
 

@@ -46,6 +46,21 @@ def test_two_phase_env_replays_the_aec_env(data, specialists):
     assert two.raw.portfolio_value == aec.portfolio_value
 
 
+def test_infos_can_be_left_out_without_changing_the_episode(data):
+    rules = {"default": "ma_trend"}  # meta-only: one env step per bar
+    with_infos = rllib_env.TwoPhaseTradingEnv(data=data, episode_length=5, specialists=rules)
+    without = rllib_env.TwoPhaseTradingEnv(data=data, episode_length=5, specialists=rules, infos=False)
+    with_infos.reset(seed=3)
+    without.reset(seed=3)
+    logits = {"meta": np.array([1.0, -1.0, 0.5, 0.0], dtype=np.float32)}
+    for _ in range(5):
+        obs_a, rewards_a, _, truncs_a, infos_a = with_infos.step(logits)
+        obs_b, rewards_b, _, truncs_b, infos_b = without.step(logits)
+        np.testing.assert_array_equal(obs_a["meta"], obs_b["meta"])
+        assert rewards_a == rewards_b and truncs_a == truncs_b
+        assert "reward_vector" in infos_a["meta"] and infos_b == {}
+
+
 def test_rllib_samples_complete_episodes(data):
     import ray
     from ray.rllib.algorithms.ppo import PPOConfig

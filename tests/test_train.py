@@ -71,6 +71,7 @@ def test_smoke_config_resolves():
         ({"model": {"meta_hiddens": []}}, [], "meta_hiddens"),
         ({"model": {"meta_log_std_clip": 0}}, [], "meta_log_std_clip"),
         ({"model": {"meta_network": "transformer"}}, [], "meta_network"),
+        ({"resources": {"env_infos": "yes"}}, [], "env_infos"),
         ({"model": {"meta_log_std_init": -2.0, "meta_log_std_clip": 1.0}}, [], "outside"),
     ],
 )
@@ -118,6 +119,7 @@ def test_smoke_run_is_loadable_and_resumes(tmp_path):
     # What performance.py does: load the run and play the deterministic policy on the test split.
     cfg, manifest2, policy = Train.load_run(run_dir)
     assert manifest2 == manifest
+    assert type(policy.modules["meta"]).__name__ == "PairSharedAllocator"  # train.yaml's default meta
     splits = Train.load_splits(cfg)
     assert Train.data_hash(splits.train) == manifest["train_hash"]
     records = [Train.play_episode(Train.make_env(cfg, splits.test, mode="eval"), policy) for _ in range(2)]
@@ -136,13 +138,14 @@ def test_smoke_run_is_loadable_and_resumes(tmp_path):
 
 
 @pytest.mark.slow
-def test_pair_shared_meta_trains_on_a_runner_and_reloads(tmp_path):
+def test_mlp_meta_trains_on_a_runner_and_reloads(tmp_path):
     from meta_module import PairSharedAllocator
 
-    run_cli(tmp_path, "--config", "configs/smoke.yaml", "--run-id", "shared", "--set", "run.iterations=1",
-            "--set", "model.meta_network=pair_shared", "--set", "resources.num_env_runners=1")  # fmt: skip
-    cfg, _, policy = Train.load_run(tmp_path / "saved" / "shared")
-    assert isinstance(policy.modules["meta"], PairSharedAllocator)
+    run_cli(tmp_path, "--config", "configs/smoke.yaml", "--run-id", "mlp", "--set", "run.iterations=1",
+            "--set", "model.meta_network=mlp", "--set", "resources.num_env_runners=1")  # fmt: skip
+    cfg, _, policy = Train.load_run(tmp_path / "saved" / "mlp")
+    meta = policy.modules["meta"]
+    assert hasattr(meta, "pi") and not isinstance(meta, PairSharedAllocator)
     env = Train.make_env(cfg, Train.load_splits(cfg).test, mode="eval")
     records = [Train.play_episode(env, policy) for _ in range(2)]
     assert len(records[0].equity) > 1 and np.all(np.isfinite(records[0].equity))
@@ -230,7 +233,8 @@ def test_meta_log_std_clip_bounds_the_meta_exploration():
     import torch
     from ray.rllib.core import Columns
 
-    cfg = Train.load_config(ROOT / "configs" / "smoke.yaml", ["model.meta_log_std_clip=0.5"])
+    overrides = ["model.meta_network=mlp", "model.meta_log_std_clip=0.5"]
+    cfg = Train.load_config(ROOT / "configs" / "smoke.yaml", overrides)
     env = Train.make_env(cfg, Train.load_splits(cfg).train)
     spec = Train.build_algo_config(cfg).rl_module_spec.rl_module_specs["meta"]
     spec.observation_space, spec.action_space = env.observation_space("meta"), env.action_space("meta")
