@@ -9,7 +9,9 @@ cost is per env step (connectors, one forward pass per module). Here one bar is 
 The AEC env does all the work, stepped agent by agent inside, so observations, rewards, infos and
 episodes are identical to the AEC version's (a test checks it). Rewards of a bar reach each agent
 with its next observation; when the episode ends every agent gets a last observation, as RLlib needs
-for bootstrapping truncated episodes.
+for bootstrapping truncated episodes. ``infos=False`` (Train's default, ``resources.env_infos``)
+passes empty info dicts: RLlib stores every info in its episodes, PPO never reads them, and that cost
+18% of sampling speed.
 
 Use: ``register_env("trading", lambda cfg: rllib_env.TwoPhaseTradingEnv(data=..., mode="train", **env_cfg))``,
 or `for_rllib` to adapt any AEC env with the same turn order (bench/bench_train.py's trivial env).
