@@ -356,18 +356,24 @@ def cached_splits(cfg: dict[str, Any], splits: Splits | None = None) -> Splits:
     return _SPLITS_CACHE[key]
 
 
+def adapt_for_rllib(aec: Any, cfg: dict[str, Any]) -> Any:
+    """``aec`` as the RLlib env that ``cfg``'s ``resources`` ask for (`rllib_env.for_rllib`)."""
+    import rllib_env
+
+    resources = cfg["resources"]
+    return rllib_env.for_rllib(aec, resources["rllib_env"], infos=resources["env_infos"])
+
+
 def _rllib_env_creator(env_config: dict[str, Any]) -> Any:
     """Builds a training env inside an env runner from the run config in ``env_config``."""
     import torch
-
-    import rllib_env
 
     # One torch thread per env runner: its forward passes are tiny batches, and a second thread
     # only spins against the learner for the machine's cores.
     torch.set_num_threads(1)
     cfg = env_config["cfg"]
     aec = make_env(cfg, cached_splits(cfg).train, mode="train", wrapped=False)
-    return rllib_env.for_rllib(aec, cfg["resources"]["rllib_env"], infos=cfg["resources"]["env_infos"])
+    return adapt_for_rllib(aec, cfg)
 
 
 def agent_to_module(agent_id: str, *args: Any, **kwargs: Any) -> str:

@@ -72,12 +72,10 @@ class PairSharedAllocator(TorchRLModule, ValueFunctionAPI):
 
     def _scores(self, obs: torch.Tensor) -> torch.Tensor:
         n, f = self.n_pairs, self.n_features
-        features = obs[:, : n * f].reshape(-1, n, f)
-        calls = obs[:, n * f : n * f + n, None]
-        weights = obs[:, n * f + n : n * f + 2 * n + 1, None]  # pairs, then cash
-        # Cash as an (N+1)-th asset: neutral features and no call, its own current weight.
-        features = torch.cat((features, features.new_zeros(obs.shape[0], 1, f)), dim=1)
-        calls = torch.cat((calls, calls.new_zeros(obs.shape[0], 1, 1)), dim=1)
+        # Cash as an (N+1)-th asset: zero-padded to neutral features and no call, its own weight.
+        features = nn.functional.pad(obs[:, : n * f].reshape(-1, n, f), (0, 0, 0, 1))
+        calls = nn.functional.pad(obs[:, n * f : n * f + n, None], (0, 0, 0, 1))
+        weights = obs[:, n * f + n :, None]  # pairs, then cash
         scores = self.scorer(torch.cat((features, calls, weights), dim=-1)).squeeze(-1)
         return scores + torch.cat((scores.new_zeros(n), self.cash_offset))
 

@@ -78,12 +78,8 @@ def trivial_env_class():
 
 
 def _trivial_creator(env_config, spec):
-    import rllib_env
-
-    # The same RLlib adapter as the real env's (resources.rllib_env), so only the env's work differs.
-    resources = env_config["cfg"]["resources"]
-    trivial = trivial_env_class()(*spec)
-    return rllib_env.for_rllib(trivial, resources["rllib_env"], infos=resources["env_infos"])
+    # The same RLlib adapter as the real env's (resources), so only the env's work differs.
+    return Train.adapt_for_rllib(trivial_env_class()(*spec), env_config["cfg"])
 
 
 def env_spec(cfg: dict, data) -> tuple:
