@@ -661,9 +661,10 @@ class Decision:
 MODULE_IDS = ("specialist", "meta")
 
 
-def module_state_path(run_dir: str | Path, module_id: str) -> Path:
-    """Where RLlib saves module ``module_id``'s weights inside a run's best checkpoint."""
-    modules = Path(run_dir) / "checkpoint" / "learner_group" / "learner" / "rl_module"
+def module_state_path(run_dir: str | Path, module_id: str, checkpoint: str = "checkpoint") -> Path:
+    """Where RLlib saves module ``module_id``'s weights in a run's checkpoint (the best by default;
+    ``latest`` is what --resume continues)."""
+    modules = Path(run_dir) / checkpoint / "learner_group" / "learner" / "rl_module"
     return modules / module_id / "module_state.pkl"
 
 
