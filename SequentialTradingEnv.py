@@ -188,6 +188,7 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention for the un
 
         # ---- what the agents observe, from the decision core (computed once for every bar)
         self.observed = observed = MarketObservations(data, cfg)
+        self._observe_meta, self._observe_specialist = observed.meta, observed.specialist
         self.feature_names = observed.feature_names
         self.clip = float(cfg["normalization"]["clip"])
         self.window = int(cfg["window"])
@@ -305,9 +306,9 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention for the un
 
     def observe(self, agent: str) -> np.ndarray:
         if agent == META:
-            return self.observed.meta(self.bar, self._calls, self._weights)
+            return self._observe_meta(self.bar, self._calls, self._weights)
         i = self._pair_of[agent]
-        return self.observed.specialist(i, self.bar, self._weights[i])
+        return self._observe_specialist(i, self.bar, self._weights[i])
 
     def step(self, action: Any) -> None:
         agent = self.agent_selection

@@ -428,7 +428,7 @@ def backtest(
         agent = play_policy(policy, market, first_bar)
     except ConfigError as exc:
         raise BacktestError(str(exc)) from None
-    timings["agent"] = (time.perf_counter() - tick[0], time.process_time() - tick[1])
+    timings["agent (decisions + accounting)"] = (time.perf_counter() - tick[0], time.process_time() - tick[1])
     played = market.slice_bars(first_bar, first_bar + len(agent.equity))  # ruin ends the episode early
 
     tick = (time.perf_counter(), time.process_time())

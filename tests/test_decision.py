@@ -10,13 +10,13 @@ the number of missing bars; the core loads a run without Ray.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import test_performance
 
 import backtest
 import decision
@@ -26,6 +26,7 @@ from market_arrays import MarketData
 from settings import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
+smoke_run = test_performance.smoke_run  # the module-scoped fixture: a run trained by Train.py's CLI
 
 
 def env_cfg(**overrides) -> dict:
@@ -130,18 +131,6 @@ def test_layouts_name_every_slice():
 # ----------------------------------------------------------------------------------------------
 # A trained run
 # ----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> Path:
-    """A run trained by Train.py's CLI on configs/smoke.yaml (real RLlib, about a minute)."""
-    base = tmp_path_factory.mktemp("decision_smoke")
-    cmd = [sys.executable, str(ROOT / "Train.py"), "--config", "configs/smoke.yaml", "--run-id", "smoke",
-           "--saved-models", str(base / "saved"), "--logs", str(base / "logs")]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"smoke training failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return base / "saved" / "smoke"
 
 
 def long_market(run_dir: Path, n_bars: int) -> MarketData:
