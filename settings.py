@@ -42,8 +42,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
                 break
     if not candidate.exists():
         raise ConfigError(f"config file {path} not found; pass a path under {CONFIG_DIR}")
-    with candidate.open() as handle:
-        data = yaml.safe_load(handle) or {}
+    try:
+        with candidate.open() as handle:
+            data = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as exc:  # the parser's message names the line and column
+        raise ConfigError(f"config file {candidate} is not valid YAML: {exc}") from None
+    except ValueError as exc:  # a well-formed but impossible value, e.g. the date 2021-13-01
+        raise ConfigError(f"config file {candidate} holds an impossible value: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {candidate} must hold a mapping at the top level")
     return data
