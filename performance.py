@@ -433,6 +433,26 @@ def check_manifest(manifest: Mapping[str, Any], market: MarketData) -> None:
         )
 
 
+def check_split_data(
+    manifest: Mapping[str, Any], split: str | None, market: MarketData, allow_change: bool = False
+) -> list[str]:
+    """Refuse bars of one of the run's splits that differ from what the manifest recorded at training
+    (a re-ingest, a backfill, other CSV files), naming what changed; ``allow_change`` (the
+    ``--allow-data-change`` flag) returns the changes instead. ``split=None`` (--start/--end): nothing
+    to compare with."""
+    import run_files
+
+    changes = [] if split is None else run_files.compare_split(manifest, split, market)
+    if changes and not allow_change:
+        raise BacktestError(
+            f"the {split} split's data differs from what the run recorded at training: "
+            + "; ".join(changes)
+            + ". Backtest the data the run saw (restore the source), or pass --allow-data-change to "
+            "backtest the new data on purpose"
+        )
+    return changes
+
+
 def load_market(
     cfg: Mapping[str, Any], manifest: Mapping[str, Any], data_dir: str | Path | None
 ) -> MarketData:
@@ -621,6 +641,7 @@ def backtest(
     end: str | None = None,
     data_dir: str | Path | None = None,
     market: MarketData | None = None,
+    allow_data_change: bool = False,
 ) -> BacktestResult:
     """Backtest the saved run at ``run_dir`` and write its report; see the module docstring.
 
@@ -650,9 +671,13 @@ def backtest(
         full = load_market(cfg, manifest, data_dir)
         check_manifest(manifest, full)
         market, label = select_range(cfg, full, split, start, end)
+        data_changes = check_split_data(
+            manifest, None if (start or end) else (split or "test"), market, allow_data_change
+        )
     else:
         check_manifest(manifest, market)
         label = "given bars"
+        data_changes = []
     timings["load data"] = (time.perf_counter() - tick[0], time.process_time() - tick[1])
 
     tick = (time.perf_counter(), time.process_time())
@@ -668,6 +693,8 @@ def backtest(
     out = Path(out_dir) if out_dir is not None else Train.LOGS / run_dir.name / "backtest"
     periods = metrics.periods_per_year(market.timeframe)
     notes = {"run": str(run_dir), "range": label, "portfolio": portfolio_config(cfg) or "env defaults"}
+    if data_changes:
+        notes["data changed since training (--allow-data-change)"] = "; ".join(data_changes)
     title = f"Backtest of {run_dir.name}"
     table = write_report(out, records, periods, played.close, title=title, notes=notes)
     timings["metrics and report"] = (time.perf_counter() - tick[0], time.process_time() - tick[1])
@@ -685,12 +712,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="folder of CSV candles (../shared/data format) "
                         "instead of the run's own data source")
     parser.add_argument("--out", default=None, help="output folder (default: logs/NAME/backtest/)")
+    parser.add_argument("--allow-data-change", action="store_true",
+                        help="backtest a split whose data differs from what the run recorded at training")
     args = parser.parse_args(argv)
     if args.end is not None and args.split is not None:
         parser.error("--end goes with --start, not with --split")
     try:
         result = backtest(args.run, args.out, split=args.split, start=args.start, end=args.end,
-                          data_dir=args.data_dir)
+                          data_dir=args.data_dir, allow_data_change=args.allow_data_change)
     except BacktestError as exc:
         print(f"performance.py: refused: {exc}", file=sys.stderr)
         return 2

@@ -278,7 +278,7 @@ def verify_checkpoints(run_dir: Path) -> None:
         problems.extend(f"{name}/{rel} was added after the save" for rel in now if rel not in recorded)
     if problems:
         raise RunIntegrityError(
-            f"the checkpoint files of {run_dir} are damaged or were modified: " + "; ".join(problems)
+            f"the checkpoint files of {run_dir} are corrupt or were modified: " + "; ".join(problems)
             + ". Restore the run from a copy or re-train it"
         )
 
