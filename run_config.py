@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from settings import CONFIG_DIR, ConfigError, check_keys, load_yaml, merge, parse_time_ms
+from settings import CONFIG_DIR, ConfigError, check_keys, load_yaml, merge, parse_time_ms, yaml_problem
 
 DEFAULT_CONFIG = CONFIG_DIR / "train.yaml"
 ENV_CONFIG = CONFIG_DIR / "env.yaml"
@@ -344,7 +344,7 @@ def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
             value = yaml.safe_load(raw)
         except (yaml.YAMLError, ValueError) as exc:  # ValueError: a date such as 2021-13-01
             raise ConfigError(
-                f"--set {item}: {raw!r} is not a valid value ({exc}); dates are YYYY-MM-DD"
+                f"--set {item}: {raw!r} is not a valid value ({yaml_problem(exc)}); dates are YYYY-MM-DD"
             ) from None
         if isinstance(value, str):
             try:  # YAML 1.1 reads 1e-4 (no dot) as a string; on the command line it means a number

@@ -33,7 +33,7 @@ import numpy as np
 import yaml
 
 from market_data import MarketData
-from settings import PROJECT_ROOT, ConfigError
+from settings import PROJECT_ROOT, ConfigError, yaml_problem
 
 log = logging.getLogger("run_files")
 
@@ -235,7 +235,7 @@ def _read_config(path: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
     try:
         cfg = yaml.safe_load(raw)
     except (yaml.YAMLError, ValueError) as exc:
-        raise RunIntegrityError(f"{path} is damaged (cannot parse it): {exc}") from None
+        raise RunIntegrityError(f"{path} is damaged (cannot parse it): {yaml_problem(exc)}") from None
     if not isinstance(cfg, dict):
         raise RunIntegrityError(f"{path} is damaged: it holds {type(cfg).__name__}, not a mapping")
     from run_config import SCHEMA
