@@ -70,15 +70,71 @@ def masked(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+class DatabaseUnavailable(RuntimeError):
+    """The database server cannot be reached; the message names the URL (password masked), the
+    driver's reason and what to check."""
+
+
+def error_summary(exc: BaseException) -> str:
+    """A database error in one line: the driver's own message, without SQLAlchemy's SQL and link."""
+    driver_error = getattr(exc, "orig", None) or exc
+    return f"{type(driver_error).__name__}: {' '.join(str(driver_error).split())}"[:400]
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) says the database connection failed or was lost."""
+    import psycopg2
+    from sqlalchemy import exc as sa_exc
+
+    kinds = (DatabaseUnavailable, sa_exc.OperationalError, sa_exc.InterfaceError,
+             psycopg2.OperationalError, psycopg2.InterfaceError)
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        if isinstance(current, kinds):
+            return True
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def unavailable(url: str, exc: BaseException) -> DatabaseUnavailable:
+    """The :class:`DatabaseUnavailable` to raise for ``exc`` on ``url``."""
+    fix = ("check that PostgreSQL is running there and accepts this user, or fix DATABASE_URL "
+           "(unset, the project starts its own embedded PostgreSQL)")
+    return DatabaseUnavailable(f"cannot reach the database {masked(url)}: {error_summary(exc)}; {fix}")
+
+
+def check_connection(engine: Engine) -> None:
+    """Raise :class:`DatabaseUnavailable` unless ``engine``'s server answers a query now."""
+    from sqlalchemy import exc as sa_exc
+
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except sa_exc.DBAPIError as exc:
+        raise unavailable(engine.url.render_as_string(hide_password=False), exc) from exc
+
+
 def get_engine(url: str | None = None, migrate: bool = True) -> Engine:
-    """A pooled engine for ``url`` (default: :func:`database_url`), migrated on first use."""
+    """A pooled engine for ``url`` (default: :func:`database_url`), migrated on first use.
+
+    Raises :class:`DatabaseUnavailable` (one line naming the server and the cause) when the server
+    cannot be reached.
+    """
+    from sqlalchemy import exc as sa_exc
+
     url = url or database_url()
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:
             engine = create_engine(url, pool_pre_ping=True, future=True)
             if migrate:
-                migrate_schema(engine)
+                try:
+                    migrate_schema(engine)
+                except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+                    engine.dispose()
+                    raise unavailable(url, exc) from exc
             _engines[url] = engine
     return engine
 
@@ -256,6 +312,12 @@ def write_candles(engine: Engine, exchange: str, symbol: str, timeframe: str, ro
                 (exchange, symbol, timeframe),
             )
             return appended + cursor.rowcount
+        except psycopg2.OperationalError:
+            # The server ended the session (backend killed, restart, network). The raw cursor bypasses
+            # SQLAlchemy, so it would try to roll back on the dead connection and replace this root
+            # cause with "connection already closed": discard the connection first.
+            conn.invalidate()
+            raise
         finally:
             cursor.close()
 
