@@ -59,6 +59,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+import console
+import market_data
 import metrics
 import run_files
 from market_data import MarketData
@@ -303,6 +305,7 @@ def init_ray(address: str | None, log_dir: Path, num_cpus: int | None = None) ->
 
     if ray.is_initialized():
         return "ray already initialized (e.g. inside a Tune trial)"
+    console.route_library_output(log_dir / "libraries.log")  # Ray's chatter: a file
     address = address or env("RAY_ADDRESS")
     # Workers import Train and SequentialTradingEnv by name: point them at this checkout (on a
     # multi-machine cluster the repository must sit at the same path on every node).
@@ -704,8 +707,8 @@ def _format_row(row: dict[str, Any], metric: str) -> str:
     parts = [
         f"iter {row['iteration']:4d}",
         f"{row['agent_steps_per_s']:8.0f} agent-steps/s",
-        f"return specialist {row.get('return_specialist', float('nan')):8.3f}",
-        f"meta {row.get('return_meta', float('nan')):8.3f}",
+        f"return specialist {console.number(row.get('return_specialist'), '.3f', 8)}",
+        f"meta {console.number(row.get('return_meta'), '.3f', 8)}",
     ]
     if "validation_score" in row:
         parts.append(f"validation {metric} {row['validation_score']:.3f}")
@@ -902,7 +905,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(
         f"run {result.run_id} saved in {result.run_dir}: {result.iterations} iterations, best validation "
-        f"{cfg['validation']['metric']} {result.best_score} at iteration {result.best_iteration}"
+        f"{cfg['validation']['metric']} {console.number(result.best_score)} at iteration "
+        f"{result.best_iteration}"
     )
     return 0
 

@@ -356,3 +356,47 @@ def split_by_dates(data: MarketData, splits: Mapping[str, Mapping[str, Any]]) ->
             raise ConfigError(f"split {name} holds no bars of {data.meta.get('source', 'the data')}")
         out[name] = part
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Data-source labels: every output of a run names the data it used.
+# ----------------------------------------------------------------------------------------------
+
+BINANCE_EXCHANGE_LABEL = "binance"  # market.ohlcv's ``exchange`` for candles from the real API
+SYNTHETIC_EXCHANGE_PREFIX = "synthetic_seed"  # + seed: the fake exchange's synthetic market
+REPLAY_EXCHANGE_PREFIX = "replay:"  # + folder: the fake exchange replaying candle files
+
+
+def fake_exchange_label(data_dir: str | Path | None, seed: int = 0) -> str:
+    """The ``exchange`` label under which candles from the local fake exchange are stored.
+
+    Candles of different origins never share a label, so a label always says where its rows came
+    from (`describe_source` reads it back) and synthetic rows never mix with real ones.
+    """
+    if data_dir is None:
+        return f"{SYNTHETIC_EXCHANGE_PREFIX}{int(seed)}"
+    return f"{REPLAY_EXCHANGE_PREFIX}{data_dir}"
+
+
+def describe_source(source_cfg: Mapping[str, Any]) -> str:
+    """A short label of a data source for people: "synthetic market (seed N)", "fake exchange
+    replaying <dir>", "Binance", or "candles from <dir>" for a CSV folder.
+
+    ``source_cfg`` is a `load` source section; a db source is described by its ``exchange`` label
+    (see `fake_exchange_label`).
+    """
+    kind = source_cfg.get("kind")
+    if kind == "synthetic":
+        from synthetic import SYNTHETIC_DEFAULTS
+
+        return f"synthetic market (seed {source_cfg.get('seed', SYNTHETIC_DEFAULTS['seed'])})"
+    if kind == "csv":
+        return f"candles from {source_cfg.get('path')}"
+    label = str(source_cfg.get("exchange") or BINANCE_EXCHANGE_LABEL)
+    if label == BINANCE_EXCHANGE_LABEL:
+        return "Binance"
+    if label.startswith(SYNTHETIC_EXCHANGE_PREFIX):
+        return f"synthetic market (seed {label[len(SYNTHETIC_EXCHANGE_PREFIX):]})"
+    if label.startswith(REPLAY_EXCHANGE_PREFIX):
+        return f"fake exchange replaying {label[len(REPLAY_EXCHANGE_PREFIX):]}"
+    return f"stored candles labelled {label!r}"

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+import console
 import metrics
 from market_data import MarketData
 from Portfolio import Portfolio
@@ -211,7 +212,7 @@ _PERCENT_METRICS = {"total_return", "cagr", "annual_volatility", "max_drawdown",
 def format_value(metric: str, value: float) -> str:
     """One metric for people: fractions as percentages, counts and ratios with 3 decimals."""
     if not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return console.MISSING if math.isnan(value) else ("inf" if value > 0 else "-inf")  # undefined
     if metric in _PERCENT_METRICS:
         return f"{100 * value:.2f}%"
     if metric == "max_drawdown_duration_bars":
@@ -219,11 +220,12 @@ def format_value(metric: str, value: float) -> str:
     return f"{value:,.3f}"
 
 
-def format_table(table: Mapping[str, Mapping[str, float]]) -> str:
-    """A plain-text table: one row per metric, one column per strategy."""
+def format_table(table: Mapping[str, Mapping[str, float]], title: str | None = None) -> str:
+    """A plain-text table: one row per metric, one column per strategy, under ``title`` if given."""
     names = list(table)
     width = max(12, *(len(n) for n in names)) + 2
-    lines = ["metric".ljust(28) + "".join(n.rjust(width) for n in names)]
+    lines = [title] if title else []
+    lines.append("metric".ljust(28) + "".join(n.rjust(width) for n in names))
     for metric in metrics.METRIC_NAMES:
         cells = "".join(format_value(metric, table[n][metric]).rjust(width) for n in names)
         lines.append(metric.ljust(28) + cells)
@@ -343,6 +345,7 @@ def write_report(
     close: np.ndarray,
     title: str = "Backtest",
     notes: Mapping[str, Any] | None = None,
+    data_source: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Write metrics.json, equity.csv, the PNG figures and report.html into ``out_dir``.
 
@@ -357,7 +360,7 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = metrics_table(records, periods)
-    payload: dict[str, Any] = {"periods_per_year": periods}
+    payload: dict[str, Any] = {"periods_per_year": periods, "data_source": data_source}
     payload.update({name: {k: _finite_or_none(v) for k, v in row.items()} for name, row in table.items()})
     (out / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
     write_equity_csv(out / "equity.csv", records)
@@ -630,6 +633,16 @@ class BacktestResult:
     out_dir: Path
     label: str
     timings: dict[str, tuple[float, float]]  # phase -> (wall seconds, CPU seconds of this process)
+    data_source: str = ""  # market_data.describe_source of the bars played
+
+
+def data_source_of(cfg: Mapping[str, Any], manifest: Mapping[str, Any], data_dir: str | Path | None) -> str:
+    """What the backtest plays: the ``--data-dir`` folder, else the data the run was trained on."""
+    import market_data
+
+    if data_dir is not None:
+        return market_data.describe_source({"kind": "csv", "path": str(data_dir)})
+    return manifest.get("data_source") or market_data.describe_source(cfg["data"]["source"])
 
 
 def backtest(
@@ -695,10 +708,12 @@ def backtest(
     notes = {"run": str(run_dir), "range": label, "portfolio": portfolio_config(cfg) or "env defaults"}
     if data_changes:
         notes["data changed since training (--allow-data-change)"] = "; ".join(data_changes)
-    title = f"Backtest of {run_dir.name}"
-    table = write_report(out, records, periods, played.close, title=title, notes=notes)
+    data_source = data_source_of(cfg, manifest, data_dir)
+    title = f"Backtest of {run_dir.name} on {data_source}"
+    table = write_report(out, records, periods, played.close, title=title, notes=notes,
+                         data_source=data_source)
     timings["metrics and report"] = (time.perf_counter() - tick[0], time.process_time() - tick[1])
-    return BacktestResult(records, table, out, label, timings)
+    return BacktestResult(records, table, out, label, timings, data_source)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -724,7 +739,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"performance.py: refused: {exc}", file=sys.stderr)
         return 2
     agent = result.records["agent"]
-    print(f"{Path(args.run).name} on the {result.label}: {len(agent.equity)} bars, "
+    print(f"{Path(args.run).name} on {result.data_source}, {result.label}: {len(agent.equity)} bars, "
           f"{_iso(agent.open_time_ms[0])} .. {_iso(agent.open_time_ms[-1])} UTC")
     print(format_table(result.table))
     print(f"report: {result.out_dir / 'report.html'}")

@@ -73,6 +73,11 @@ FAULT_KINDS = (
 # Faults that alter a correct klines answer instead of replacing it: what an exchange under
 # maintenance or a flaky cache sends (a 200 with too few candles), which no HTTP status reveals.
 PAGE_FAULTS = ("empty", "truncated", "missing_candle")
+# The synthetic market ends where its last candle closes: 2022-01-01 00:00 UTC. Counting the
+# bars from the dates (not as 2 x 365 days) keeps leap years whole: 2020 has 366 days.
+SYNTHETIC_END_MS = 1_640_995_200_000
+# Binance serves prices and volumes as decimal strings with 8 decimals, and so does the fake.
+PRICE_DECIMALS = 8
 
 # Binance's error bodies, verbatim.
 _ERRORS = {
@@ -193,11 +198,13 @@ class SyntheticSource:
         symbols: tuple[str, ...] | list[str] = SYNTHETIC_SYMBOLS,
         timeframe: str = "1h",
         start_ms: int = SYNTHETIC_START_MS,
-        bars: int = 24 * 365 * 2,
+        bars: int | None = None,
         seed: int = 0,
     ):
         self.symbols = list(symbols)
         self.timeframe = timeframe
+        if bars is None:  # every candle of [start_ms, SYNTHETIC_END_MS)
+            bars = (SYNTHETIC_END_MS - start_ms) // timeframe_ms(timeframe)
         self.start_ms, self.bars, self.seed = start_ms, bars, seed
         self._cache: dict[str, Series] = {}
         for symbol in self.symbols:
@@ -247,7 +254,17 @@ def aggregate(series: Series, source_tf: str, target_tf: str) -> Series:
 
 
 def _fmt(value: float) -> str:
-    return f"{value:.8f}"
+    return f"{value:.{PRICE_DECIMALS}f}"
+
+
+def as_served(values: np.ndarray) -> np.ndarray:
+    """``values`` as a client reads them back from the served strings (`PRICE_DECIMALS` decimals).
+
+    The one place that decides the precision of served candles: anything comparing stored candles
+    with the fake's source compares ``as_served(source)`` exactly.
+    """
+    flat = np.asarray(values, dtype=np.float64)
+    return np.array([float(_fmt(v)) for v in flat.ravel().tolist()], dtype=np.float64).reshape(flat.shape)
 
 
 def kline_rows(ts_ms: np.ndarray, ohlcv: np.ndarray, step_ms: int) -> list[list]:
@@ -344,7 +361,7 @@ class FakeExchange:
         timeframe: str | None = None,
         symbols: list[str] | None = None,
         seed: int = 0,
-        synthetic_bars: int = 24 * 365 * 2,
+        synthetic_bars: int | None = None,  # None: from 2020-01-01 to 2022-01-01 (SYNTHETIC_END_MS)
         latency_s: float = 0.0,
         faults: list[Fault] | None = None,
     ):
