@@ -60,7 +60,6 @@ import numpy as np
 import yaml
 
 import console
-import market_data
 import metrics
 import run_files
 from market_data import MarketData
