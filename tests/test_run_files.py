@@ -283,7 +283,8 @@ def test_backtest_refuses_changed_data_unless_allowed(csv_run, tmp_path):
         # The validation split is untouched: it backtests without the flag.
         proc = cli("performance.py", "--run", str(run_dir), "--split", "validation", "--out", str(tmp_path))
         assert proc.returncode == 0, proc.stderr[-3000:]
-        proc = cli("performance.py", "--run", str(run_dir), "--allow-data-change", "--out", str(tmp_path / "o"))
+        out = str(tmp_path / "o")
+        proc = cli("performance.py", "--run", str(run_dir), "--allow-data-change", "--out", out)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "values of close" in (tmp_path / "o" / "report.html").read_text()
     finally:
