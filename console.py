@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 # Loggers whose INFO/WARNING lines are for debugging, not for the person running a command.
+# ("ray.rllib" and "ray.tune" set handlers of their own that do not propagate to "ray".)
 LIBRARY_LOGGERS = (
-    "ray", "dbt", "airflow", "alembic", "pgserver", "httpx", "httpcore", "urllib3", "filelock",
-    "matplotlib", "torch", "tensorboard", "py.warnings",
+    "ray", "ray.rllib", "ray.tune", "dbt", "airflow", "alembic", "pgserver", "httpx", "httpcore",
+    "urllib3", "filelock", "matplotlib", "torch", "tensorboard", "py.warnings",
 )  # fmt: skip
 MISSING = "–"  # shown where a value was not measured (yet)
 
@@ -68,6 +69,9 @@ def route_library_output(log_path: str | Path) -> Path:
         _Routing.path, _Routing.handler = path, handler
         _redirect_fd2(stream)
         logging.captureWarnings(True)  # warnings -> the "py.warnings" logger -> the file
+    if "ray" in sys.modules:
+        # Importing RLlib adds a console handler to "ray.rllib": import it now, so it is replaced.
+        import ray.rllib  # noqa: F401
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
         logger.handlers[:] = [_Routing.handler]
@@ -110,9 +114,9 @@ def number(value: Any, spec: str = ",.3f", width: int = 0) -> str:
 
 
 
-def setup_entry_point(log_path: str | Path) -> Path:
-    """For a command's ``main()``: the project's log lines go to the console from WARNING up and
-    to the log file from INFO up; library output is routed there too (`route_library_output`).
+def setup_entry_point(log_path: str | Path, console_level: int = logging.WARNING) -> Path:
+    """For a command's ``main()``: the project's log lines go to the console from ``console_level``
+    up and to the log file from INFO up; library output is routed there too (`route_library_output`).
 
     Safe to call again in the same process (tests run ``main()`` twice): nothing is added twice.
     Returns the log file in use.
@@ -120,7 +124,7 @@ def setup_entry_point(log_path: str | Path) -> Path:
     root = logging.getLogger()
     if _Routing.console_handler is None:
         handler = logging.StreamHandler()  # sys.stderr: the console, also after the routing
-        handler.setLevel(logging.WARNING)
+        handler.setLevel(console_level)
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
         _Routing.console_handler = handler

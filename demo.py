@@ -100,7 +100,7 @@ def market_source(cfg: dict[str, Any], choice: str) -> Iterator[MarketSource]:
     base_url = env("BINANCE_BASE_URL")
     if choice != "fake" and base_url:
         label = market_data.BINANCE_EXCHANGE_LABEL
-        yield MarketSource(make_exchange(), label, "Binance", f"through BINANCE_BASE_URL={base_url}")
+        yield MarketSource(make_exchange(), label, "Binance", f"the exchange at BINANCE_BASE_URL={base_url}")
         return
     if choice != "fake":
         timeout_ms = int(exchange_cfg["probe_timeout_ms"])
@@ -237,7 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.clean:
         clean(cfg)
         return 0
-    log_file = console.setup_entry_point(PROJECT_ROOT / cfg["logs_dir"] / cfg["run_id"] / "demo.log")
+    # Console: errors only. The ingest table already counts gaps and retries, which the per-candle
+    # warnings would repeat; those, and every INFO line, are in the log file.
+    log_file = console.setup_entry_point(PROJECT_ROOT / cfg["logs_dir"] / cfg["run_id"] / "demo.log",
+                                         console_level=logging.ERROR)
     print(f"[demo] details and library messages: {log_file}")
     started = time.monotonic()
     stops_db = not env("DATABASE_URL") and not db.embedded_running()

@@ -71,7 +71,7 @@ def _write_configs(tmp_path, run_id: str) -> str:
     return str(tmp_path / "demo.yaml")
 
 
-def test_demo_runs_end_to_end_and_reuses_what_exists(engine, tmp_path, monkeypatch, capsys):
+def test_demo_runs_end_to_end_and_reuses_what_exists(engine, tmp_path, monkeypatch, capfd):
     # The fake exchange is forced (exchange.source: fake), so the test never depends on whether
     # Binance is reachable from this machine.
     monkeypatch.delenv("BINANCE_BASE_URL", raising=False)
@@ -86,7 +86,7 @@ def test_demo_runs_end_to_end_and_reuses_what_exists(engine, tmp_path, monkeypat
     config_path = _write_configs(tmp_path, run_id)
     try:
         assert demo.main(["--config", config_path]) == 0
-        first = capsys.readouterr().out
+        first, console_err = capfd.readouterr()
         lines = first.splitlines()
         # The data is named on the first lines, and the final table's title names it again.
         assert any(line.startswith(f"[demo] data: {expected_source}, from the local fake exchange")
@@ -115,18 +115,20 @@ def test_demo_runs_end_to_end_and_reuses_what_exists(engine, tmp_path, monkeypat
         # Progress details and library output went to the run's log file, not to the console.
         log_text = (tmp_path / "logs" / run_id / "demo.log").read_text()
         assert "INFO fetch_data" in log_text and "fetch_data" not in first
+        for noise in ("WARNING", "core_worker", "Deprecat", "gputil", "XDG_RUNTIME_DIR", "\x1b["):
+            assert noise not in console_err, console_err
         assert "\x1b[" not in log_text
 
         # A second run inserts nothing and reuses the trained run instead of retraining.
         assert demo.main(["--config", config_path]) == 0
-        second = capsys.readouterr().out
+        second = capfd.readouterr().out
         assert "reusing the trained run" in second and "[demo] training run" not in second
         assert _stored_candles(engine, label) == stored
 
         # A trained run is never reused on other data: the demo says how to retrain instead.
-        monkeypatch.setenv("BINANCE_BASE_URL", "http://127.0.0.1:9")  # stored as Binance candles
+        binance = demo.MarketSource(None, "binance", "Binance", "the real Binance API")
         with pytest.raises(SystemExit, match="was trained on .* not on Binance.*make clean-demo"):
-            demo.run_demo(demo.load_demo_config(config_path), "auto")
+            demo.train_or_reuse(demo.load_demo_config(config_path), binance)
     finally:
         shutil.rmtree(tmp_path / "saved_models", ignore_errors=True)
 
