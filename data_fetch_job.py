@@ -50,7 +50,7 @@ from fetch_data import (
     RetryPolicy,
     check_exchange,
     check_request,
-    cli_setup,
+    cli_session,
     fetch_range,
     iso_utc,
     parse_time_ms,
@@ -269,7 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-rows", type=positive_int, help="candles per database transaction")
     parser.add_argument("--no-progress", action="store_true", help="log lines only, no progress bars")
     args = parser.parse_args(argv)
-    cli_setup()
+    with cli_session():
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         config = load_config()
         pairs = parse_list(args.pairs, "--pairs", config["pairs"])

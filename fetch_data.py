@@ -35,11 +35,12 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -605,15 +606,21 @@ def connect(policy: RetryPolicy | None = None) -> tuple[Engine, ccxt.Exchange]:
     return engine, client
 
 
-def cli_setup() -> None:
-    """Logging for the CLIs, and SIGTERM handled like Ctrl-C (``kill``, systemd, container stops)."""
+@contextlib.contextmanager
+def cli_session() -> Iterator[None]:
+    """Logging for the CLIs, and SIGTERM handled like Ctrl-C (``kill``, systemd, container stops)
+    while the block runs; the previous SIGTERM handler is restored afterwards."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter on every start
 
     def interrupt(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    signal.signal(signal.SIGTERM, interrupt)
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -627,7 +634,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--until", help="end, exclusive (UTC date/time or ms); default: now")
     args = parser.parse_args(argv)
-    cli_setup()
+    with cli_session():
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         since_ms, until_ms = parse_time_ms(args.since, "--since"), parse_time_ms(args.until, "--until")
         check_request([args.symbol], [args.timeframe], since_ms, until_ms)
