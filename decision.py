@@ -34,7 +34,6 @@ the action bounds exactly as RLlib's env runner does).
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
 from collections.abc import Mapping, Sequence
