@@ -34,7 +34,6 @@ the action bounds exactly as RLlib's env runner does).
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
 from collections.abc import Mapping, Sequence
@@ -676,18 +675,11 @@ def module_state_path(run_dir: str | Path, module_id: str, checkpoint: str = "ch
 
 
 def load_run_files(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(resolved config, manifest) of a saved run; FileNotFoundError/ValueError name what is wrong."""
-    import yaml
+    """(resolved config, manifest) of a saved run, its files verified against their checksums
+    (`run_files.read_run`); FileNotFoundError / ValueError name what is missing or damaged."""
+    import run_files
 
-    run_dir = Path(run_dir)
-    for name in ("config.yaml", "manifest.json", "checkpoint"):
-        if not (run_dir / name).exists():
-            raise FileNotFoundError(f"{run_dir} is not a saved run: {name} is missing")
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    if not isinstance(cfg, dict) or not isinstance(manifest, dict):
-        raise ValueError(f"{run_dir}: config.yaml or manifest.json is empty or not a mapping")
-    return cfg, manifest
+    return run_files.read_run(run_dir)
 
 
 def load_policy(run_dir: str | Path) -> Policy:
