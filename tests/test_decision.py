@@ -1,4 +1,4 @@
-"""The decision core (decision.py) and the one episode loop (backtest.play_policy).
+"""The decision core (decision.py) and the one episode loop (decision.play_policy).
 
 What is checked: features of bar t depend on bars t-history_bars+1..t only, bit for bit (whole-array
 path == per-bar path, slices starting anywhere, gaps in the data); the z-scores equal an independent
@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import test_performance
 
-import backtest
 import decision
 import SequentialTradingEnv as S
 import synthetic
@@ -200,7 +199,7 @@ def test_env_observes_what_the_decision_core_computes_and_plays_like_the_loop(sm
     assert checked == data.n_bars - 1 - first and lay.meta_size == raw.observation_space("meta").shape[0]
     # The same policy through the one episode loop (validation, backtests) from the same bar: the
     # same equity as the env's own accounting, bit for bit.
-    record = backtest.play_policy(policy, data, first)
+    record = decision.play_policy(policy, data, first)
     assert len(record.equity) == data.n_bars - first
     np.testing.assert_array_equal(record.equity, np.array(equity))
 
@@ -210,11 +209,11 @@ def test_mid_data_backtest_observes_what_an_earlier_one_observed(smoke_run):
     policy = decision.load_policy(smoke_run)
     data = long_market(smoke_run, 3000)  # 4 months of 1h bars
     need = policy.history_bars
-    early = backtest.play_policy(policy, data, need - 1)
+    early = decision.play_policy(policy, data, need - 1)
     mid_start = 2200  # three months after the first warm bar
     market, first = decision.warm_range(data, int(data.open_time_ms[mid_start]), None, need, "the mid one")
     assert first == need - 1 and market.n_bars == data.n_bars - mid_start + need - 1
-    mid = backtest.play_policy(policy, market, first)
+    mid = decision.play_policy(policy, market, first)
     offset = mid_start - (need - 1)
     np.testing.assert_array_equal(mid.extra["observed_features"], early.extra["observed_features"][offset:])
     np.testing.assert_array_equal(mid.open_time_ms, early.open_time_ms[offset:])
