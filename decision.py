@@ -3,9 +3,10 @@
 Given the history of a market up to the close of bar t and the current portfolio weights, the core
 produces the decision the trained policy makes at bar t: every specialist's call (-1 sell, 0 hold,
 +1 buy) and the meta-agent's target weights (pairs, then cash). The env (`SequentialTradingEnv`)
-computes its observations here, validation and backtests (`backtest.play_policy`) decide here, and a
-live loop calls `Policy.decide` on the latest closed candles. Importable without Ray, RLlib or the
-training code: numpy, plus torch for the networks (imported when a policy is built).
+computes its observations here; validation, backtests and walk-forward folds play `play_policy`
+(the one episode loop, with `backtest`'s execution step) and a live loop calls `Policy.decide` on the
+latest closed candles. Importable without Ray, RLlib or the training code: numpy, plus torch for the
+networks (imported when a policy is built); reading a run's files verifies them (`run_files`).
 
 Observation pipeline (each step's rule sits beside its definition below):
 
