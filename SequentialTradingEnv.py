@@ -183,6 +183,10 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention for the un
         self._band = float(cfg["meta"]["rebalance_band"])
         rw = cfg["rewards"]
         self._scale = float(rw["scale"])
+        # The columns the meta-agent's reward sums over pairs: return, risk, cost (a slice when adjacent).
+        summed = [REWARDS.ret, REWARDS.risk, REWARDS.cost]
+        adjacent = summed == list(range(summed[0], summed[0] + 3))
+        self._summed = slice(summed[0], summed[0] + 3) if adjacent else np.array(summed)
         self._meta_w_list = [float(rw["meta"][k]) for k in META_REWARDS.names]
         self._spec_w_scaled = self._scale * np.array([float(rw["specialist"][k]) for k in REWARDS.names])
         self._ruin_penalty = float(rw["ruin_penalty"])
@@ -331,7 +335,7 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention for the un
         vectors[:, R.cost] = cost * -inv0
         vectors[:, R.call] = self._calls * self._log_body[t1]
         log_return = math.log(value1 * inv0) if value1 > 0.0 else -math.inf
-        sum_ret, sum_risk, sum_cost = vectors[:, [R.ret, R.risk, R.cost]].sum(axis=0).tolist()
+        sum_ret, sum_risk, sum_cost = vectors[:, self._summed].sum(axis=0).tolist()
         ruined = value1 <= self._ruin_fraction * pf.initial_cash
 
         self.bar = t1

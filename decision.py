@@ -319,11 +319,11 @@ class RewardLayout:
 
     names: tuple[str, ...]
 
-    def __getattr__(self, name: str) -> int:
-        key = "return" if name == "ret" else name
-        if key in self.names:
-            return self.names.index(key)
-        raise AttributeError(name)
+    def __post_init__(self) -> None:
+        # Each name's column as a plain attribute (``return`` is spelled ``ret``): the env reads them
+        # every bar, so they are instance attributes rather than computed on access.
+        for column, name in enumerate(self.names):
+            object.__setattr__(self, "ret" if name == "return" else name, column)
 
     @property
     def size(self) -> int:
