@@ -580,11 +580,8 @@ class Policy:
             def meta(obs: Any) -> Any:
                 return mlp(obs)[:, : n + 1]  # Gaussian inputs: the means, then the log stds
 
-        def specialist_net(obs: Any) -> Any:
-            return specialist(obs)
-
         return cls(
-            cfg["env"], symbols, timeframe, data_feature_names, specialist_net, meta,
+            cfg["env"], symbols, timeframe, data_feature_names, specialist, meta,
             normalize_actions=bool(cfg["ppo"]["normalize_actions"]),
         )  # fmt: skip
 
