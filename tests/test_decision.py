@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import test_performance
 
+import backtest
 import decision
 import SequentialTradingEnv as S
 import synthetic
@@ -235,3 +236,45 @@ def test_the_core_loads_and_decides_without_ray(smoke_run):
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith("1.0")
+
+
+# ----------------------------------------------------------------------------------------------
+# The episode loop with a policy built in memory (no training): chaining segments, carrying capital
+# ----------------------------------------------------------------------------------------------
+
+
+def random_policy(data: MarketData, cfg: dict, seed: int = 0) -> decision.Policy:
+    """A Policy over small random linear networks (what Policy.from_states builds, minus training)."""
+    import torch
+
+    torch.manual_seed(seed)
+    lay = decision.ObservationLayout(data.n_pairs, len(decision.feature_names(data.feature_names, cfg)),
+                                     int(cfg["window"]))  # fmt: skip
+    specialist = torch.nn.Linear(lay.specialist_size, 3)
+    meta = torch.nn.Linear(lay.meta_size, data.n_pairs + 1)
+    with torch.no_grad():
+        meta.weight.mul_(20.0)  # decisive logits: the allocation moves, so fees and drift matter
+    return decision.Policy(cfg, data.symbols, data.timeframe, data.feature_names, specialist, meta)
+
+
+def test_segments_with_a_carried_portfolio_chain_into_the_whole_episode():
+    data = synthetic.generate(n_pairs=3, n_bars=500, seed=2)
+    cfg = env_cfg(portfolio={"fee_rate": 0.001, "slippage_bps": 2.0})
+    policy = random_policy(data, cfg)
+    first = policy.history_bars - 1
+    whole = decision.play_policy(policy, data, first)
+    assert whole.fees.sum() > 0 and len(np.unique(whole.calls)) == 3
+    # Walk-forward style: segment 1 ends at bar b (its last decision executes at b's open), segment 2
+    # trades on from bar b with the same Portfolio, warm from the bars before b.
+    b = 301
+    pf = backtest.make_portfolio(data.symbols, cfg["portfolio"])
+    one = decision.play_policy(policy, data.slice_bars(0, b + 1), first, portfolio=pf)
+    two = decision.play_policy(policy, data.slice_bars(b - first, data.n_bars), first, portfolio=pf)
+    np.testing.assert_array_equal(one.equity, whole.equity[: b - first + 1])
+    np.testing.assert_array_equal(two.equity, whole.equity[b - first :])
+    np.testing.assert_array_equal(two.calls[:-1], whole.calls[b - first : -1])
+    # A fresh portfolio at bar b instead (what a backtest started at b does): other holdings, other path.
+    fresh = decision.play_policy(policy, data.slice_bars(b - first, data.n_bars), first)
+    assert not np.array_equal(fresh.equity, two.equity)
+    np.testing.assert_array_equal(fresh.extra["observed_features"], two.extra["observed_features"])
+
