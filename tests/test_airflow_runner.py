@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,14 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from _ports import free_port
 from sqlalchemy import create_engine, make_url, text
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_port()  # tests/_ports.py: outside the ephemeral range, where bind-then-release races
 
 
 def _healthy(port: int) -> bool:
