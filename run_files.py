@@ -1,6 +1,6 @@
 """A run's files: where they live, what the run was trained on, and whether that is still true.
 
-Layout (``Train.py`` writes it, ``performance.py`` and ``Train.load_run`` read it)::
+Layout (``Train.py`` writes it, ``performance.py`` and ``decision.load_policy`` read it)::
 
     saved_models/<run_id>/config.yaml      resolved config
     saved_models/<run_id>/manifest.json    symbols, timeframe, features, source, per split: dates,
@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+import market_data
 from market_data import MarketData
 from settings import PROJECT_ROOT, ConfigError, yaml_problem
 
@@ -108,6 +109,7 @@ def build_manifest(cfg: Mapping[str, Any], splits: Any) -> dict[str, Any]:
         "timeframe": train.timeframe,
         "feature_names": list(train.feature_names),
         "source": cfg["data"]["source"],
+        "data_source": market_data.describe_source(cfg["data"]["source"]),
         "splits": {},
         "train_hash": data_hash(train),
     }
