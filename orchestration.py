@@ -49,7 +49,8 @@ _SCHEMA: dict[str, Any] = {
     "backfill": {"chunk_days"},
     "quality": {"max_lag_bars", "gap_lookback_bars"},
     "dbt": {"build_args", "pool", "pool_slots"},
-    "runner": {"host", "port", "metadata_database", "stop_timeout_s"},
+    "runner": {"host", "port", "metadata_database", "stop_timeout_s", "worker_log_server_port",
+               "trigger_log_server_port"},
 }
 
 
