@@ -113,27 +113,6 @@ def git_commit(repo: Path = ROOT) -> str | None:
     return head + ("-dirty" if dirty else "")
 
 
-def describe_source(source: Any) -> str:
-    """A data source config (``{kind: csv|db|synthetic, ...}``) in words."""
-    if not isinstance(source, Mapping):
-        return str(source)
-    kind = source.get("kind")
-    span = ""
-    if source.get("start") or source.get("end"):
-        span = f", {source.get('start') or 'start'} .. {source.get('end') or 'end'}"
-    if kind == "csv":
-        return f"CSV candles replayed from {source.get('path')}{span}"
-    if kind == "db":
-        return (
-            f"PostgreSQL market.ohlcv ({source.get('exchange', 'binance')} candles ingested "
-            f"through ccxt){span}"
-        )
-    if kind == "synthetic":
-        knobs = ", ".join(f"{k}={v}" for k, v in source.items() if k != "kind")
-        return f"synthetic market (synthetic.py{': ' + knobs if knobs else ''})"
-    return json.dumps(source, default=str)
-
-
 def describe_costs(portfolio_cfg: Mapping[str, Any] | str | None) -> str:
     """Fees, slippage and exchange rules of a ``portfolio`` config section, in words."""
     from Portfolio import PORTFOLIO_DEFAULTS
@@ -168,18 +147,30 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def header(notes: Mapping[str, Any] | None, lead: Curve, periods: float, close: np.ndarray) -> dict[str, Any]:
-    """The report's provenance: what data, which run and checkpoint, which code, which costs."""
+def header(
+    notes: Mapping[str, Any] | None,
+    lead: Curve,
+    periods: float,
+    close: np.ndarray,
+    data_source: str | None = None,
+) -> dict[str, Any]:
+    """The report's provenance: what data, which run and checkpoint, which code, which costs.
+
+    ``data_source`` describes the bars played (market_data.describe_source); without it, the
+    run's training source from its manifest."""
     notes = dict(notes or {})
     run = Path(str(notes["run"])) if notes.get("run") else None
     manifest = _read_json(run / "manifest.json") if run else {}
     trained = _read_json(run / "metrics.json") if run else {}
     times = np.asarray(lead.open_time_ms, dtype=np.int64)
     bar_ms = 365 * MS_PER_DAY / periods
-    source = notes.get("data source") or manifest.get("source")
+    if data_source is None and manifest:
+        import market_data
+
+        data_source = manifest.get("data_source") or market_data.describe_source(manifest.get("source") or {})
     return {
-        "title_notes": {k: str(v) for k, v in notes.items() if k not in ("run", "portfolio", "data source")},
-        "data_source": describe_source(source) if source is not None else "not recorded",
+        "title_notes": {k: str(v) for k, v in notes.items() if k not in ("run", "portfolio")},
+        "data_source": data_source or "not recorded",
         "range": f"{_iso(times[0])} .. {_iso(times[-1] + bar_ms)} UTC",
         "first_open_time_ms": int(times[0]),
         "last_open_time_ms": int(times[-1]),
@@ -315,6 +306,7 @@ def compute(
     close: np.ndarray,
     *,
     notes: Mapping[str, Any] | None = None,
+    data_source: str | None = None,
     benchmark: str = DEFAULT_BENCHMARK,
     n_boot: int = 2000,
     seed: int = 0,
@@ -329,7 +321,8 @@ def compute(
     annualize = days >= MIN_ANNUALIZE_DAYS
     payload: dict[str, Any] = {
         "periods_per_year": periods,
-        "header": header(notes, lead, periods, close),
+        "data_source": data_source,
+        "header": header(notes, lead, periods, close, data_source),
         "window_days": days,
         "annualized": "shown" if annualize else f"n/a (window < {MIN_ANNUALIZE_DAYS:g} days)",
     }
@@ -991,6 +984,7 @@ def write(
     *,
     title: str = "Backtest",
     notes: Mapping[str, Any] | None = None,
+    data_source: str | None = None,
     benchmark: str = DEFAULT_BENCHMARK,
     n_boot: int = 2000,
 ) -> dict[str, Any]:
@@ -998,7 +992,9 @@ def write(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     close = np.asarray(close, dtype=np.float64)
-    payload = compute(records, periods, close, notes=notes, benchmark=benchmark, n_boot=n_boot)
+    payload = compute(
+        records, periods, close, notes=notes, data_source=data_source, benchmark=benchmark, n_boot=n_boot
+    )
     page = render(payload, figures(records, periods, close, payload), list(records), title)
     cleaned = _clean(payload)
     (out / "metrics.json").write_text(json.dumps(cleaned, indent=2) + "\n")
