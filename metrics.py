@@ -159,11 +159,16 @@ def max_drawdown(returns: np.ndarray) -> float:
     return float(dd.min()) if dd.size else 0.0
 
 
+# Relative shortfall below the peak that still counts as recovered: compounding returns back to the
+# same equity value can land 1e-16 short of the peak, which is no drawdown.
+RECOVERY_TOLERANCE = 1e-12
+
+
 def max_drawdown_duration(returns: np.ndarray) -> int:
     """Longest run of bars below the previous peak (peak to recovery, or to the end if never recovered)."""
     dd = drawdown_series(returns)
     longest = current = 0
-    for under in (dd < 0.0).tolist():
+    for under in (dd < -RECOVERY_TOLERANCE).tolist():
         current = current + 1 if under else 0
         longest = max(longest, current)
     return longest
@@ -368,7 +373,7 @@ def drawdown_periods(returns: np.ndarray, top: int | None = None) -> list[dict[s
     """
     wealth = wealth_index(returns)
     peak = np.maximum.accumulate(wealth)
-    under = wealth < peak
+    under = wealth < peak * (1.0 - RECOVERY_TOLERANCE)
     edges = np.diff(np.concatenate(([False], under, [False])).astype(np.int8))
     firsts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)  # under on [first, end)
     periods = []
