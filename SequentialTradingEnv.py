@@ -48,7 +48,6 @@ whole series at once and bit-identical to the per-bar path), and rule specialist
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -61,76 +60,20 @@ from pettingzoo.utils import wrappers
 from pettingzoo.utils.env_logger import EnvLogger
 
 import decision
-import specialists as rules_mod
 from backtest import close_weights, execute
-from decision import META_REWARDS, NORMALIZATION_METHODS, REWARDS, MarketObservations, WeightLimits
+from decision import META_REWARDS, REWARDS, MarketObservations, WeightLimits
+from env_config import ENV_DEFAULTS, NORMALIZATION_METHODS, resolve_config  # noqa: F401 (re-exported)
 from market_arrays import MarketData
-from Portfolio import PORTFOLIO_DEFAULTS, Portfolio
-from settings import ConfigError, format_ms, merge
+from Portfolio import Portfolio
+from settings import ConfigError, format_ms
 
 META = "meta"
 SPECIALIST_PREFIX = "specialist_"
 REWARD_NAMES = REWARDS.names
 META_REWARD_NAMES = META_REWARDS.names
 
-# The env's defaults; configs/env.yaml holds the same values with each key documented (a test
-# checks that the two agree). Keyword arguments of `env`/`raw_env` override any subset.
-ENV_DEFAULTS: dict[str, Any] = {
-    "episode_length": 256,
-    "window": 8,
-    "features": None,
-    "exclude_features": ["close", "warm"],
-    "normalization": {"method": "rolling", "window": 720, "min_periods": 24, "clip": 5.0},
-    "specialists": {"default": "learned", "pairs": {}},
-    "rules": copy.deepcopy(rules_mod.RULE_DEFAULTS),
-    "meta": {"logit_limit": 5.0, "max_pair_weight": 1.0, "min_cash_weight": 0.0, "rebalance_band": 0.0},
-    "rewards": {
-        "scale": 100.0,
-        "meta": {"log_return": 1.0, "return": 0.0, "risk": 0.0, "cost": 0.0},
-        "specialist": {"return": 0.0, "risk": 0.0, "cost": 0.0, "call": 1.0},
-        "ruin_penalty": 0.0,
-    },
-    "ruin_fraction": 0.2,
-    "portfolio": {**PORTFOLIO_DEFAULTS, "record_fills": False},
-}
-
 # A small market for `env()` without data: anyone can try the env at once.
 DEFAULT_SYNTHETIC = {"n_pairs": 3, "n_bars": 2_000, "seed": 0}
-
-
-def resolve_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """`ENV_DEFAULTS` with ``overrides`` laid over it; unknown keys and bad values raise ConfigError."""
-    cfg = merge(copy.deepcopy(ENV_DEFAULTS), dict(overrides or {}), "env")
-    cfg["rules"] = rules_mod.rule_params(cfg["rules"])
-    if not (isinstance(cfg["episode_length"], int) and cfg["episode_length"] >= 1):
-        raise ConfigError(f"env.episode_length must be a positive integer, got {cfg['episode_length']!r}")
-    if not (isinstance(cfg["window"], int) and cfg["window"] >= 1):
-        raise ConfigError(f"env.window must be a positive integer, got {cfg['window']!r}")
-    norm = cfg["normalization"]
-    if norm["method"] not in NORMALIZATION_METHODS:
-        raise ConfigError(
-            f"env.normalization.method must be one of {NORMALIZATION_METHODS}, got {norm['method']!r}"
-        )
-    if not (isinstance(norm["window"], int) and norm["window"] >= 2):
-        raise ConfigError("env.normalization.window must be an integer >= 2")
-    if not (isinstance(norm["min_periods"], int) and norm["min_periods"] >= 2):
-        raise ConfigError("env.normalization.min_periods must be an integer >= 2")
-    if not float(norm["clip"]) >= 1.0:
-        raise ConfigError("env.normalization.clip must be >= 1 (weights and answers share the bounds)")
-    meta = cfg["meta"]
-    if not float(meta["logit_limit"]) > 0.0:
-        raise ConfigError("env.meta.logit_limit must be positive")
-    if not 0.0 < float(meta["max_pair_weight"]) <= 1.0:
-        raise ConfigError("env.meta.max_pair_weight must be in (0, 1]")
-    if not 0.0 <= float(meta["min_cash_weight"]) < 1.0:
-        raise ConfigError("env.meta.min_cash_weight must be in [0, 1)")
-    if not 0.0 <= float(meta["rebalance_band"]) < 1.0:
-        raise ConfigError("env.meta.rebalance_band must be in [0, 1)")
-    if not 0.0 <= float(cfg["ruin_fraction"]) < 1.0:
-        raise ConfigError("env.ruin_fraction must be in [0, 1)")
-    if set(cfg["specialists"]) - {"default", "pairs"}:
-        raise ConfigError("env.specialists has the keys default and pairs")
-    return cfg
 
 
 def agent_name(symbol: str) -> str:
@@ -188,6 +131,7 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention for the un
 
         # ---- what the agents observe, from the decision core (computed once for every bar)
         self.observed = observed = MarketObservations(data, cfg)
+        self._observe_meta, self._observe_specialist = observed.meta, observed.specialist
         self.feature_names = observed.feature_names
         self.clip = float(cfg["normalization"]["clip"])
         self.window = int(cfg["window"])
@@ -305,9 +249,9 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention for the un
 
     def observe(self, agent: str) -> np.ndarray:
         if agent == META:
-            return self.observed.meta(self.bar, self._calls, self._weights)
+            return self._observe_meta(self.bar, self._calls, self._weights)
         i = self._pair_of[agent]
-        return self.observed.specialist(i, self.bar, self._weights[i])
+        return self._observe_specialist(i, self.bar, self._weights[i])
 
     def step(self, action: Any) -> None:
         agent = self.agent_selection

@@ -4,15 +4,10 @@ Timing (the env's): a decision taken after the close of bar t executes at the OP
 through `Portfolio.rebalance` (fees, slippage, exchange rules), unless the turnover
 0.5*sum|target - current| is at most ``env.meta.rebalance_band``; the portfolio is marked at the
 CLOSE of bar t+1, whose weights the next decision sees. `execute` and `close_weights` are that step,
-shared by the env (`SequentialTradingEnv`, which adds rewards), `play_policy` (validation, backtests,
-walk-forward folds, paper replays) and `simulate_targets` (benchmarks, the synthetic oracle).
-
-`play_policy(policy, market, first_bar, portfolio=None)`: ``market`` holds `decision.history_bars`
-bars up to and including ``first_bar`` (warm-up, never traded: `decision.warm_range` cuts such a
-slice from a longer series); the first decision is taken after the close of ``first_bar`` and the
-record starts there, with the portfolio as given (a `Portfolio` carried over from an earlier fold
-keeps its cash and positions; by default all cash). Observations come from the decision core's
-whole-array path (`decision.MarketObservations`), bit-identical to `Policy.decide` bar by bar.
+shared by the env (`SequentialTradingEnv`, which adds rewards), `decision.play_policy` (validation,
+backtests, walk-forward folds, paper replays: the policy's episode loop, beside the policy) and
+`simulate_targets` (benchmarks, the synthetic oracle). `BacktestRecord` / `Recorder` record a path
+bar by bar; `score_equity` gives the validation metrics of an equity curve.
 """
 
 from __future__ import annotations
@@ -25,7 +20,6 @@ from typing import Any
 import numpy as np
 
 import metrics
-from decision import MarketObservations, Policy, require_history
 from market_arrays import MarketData
 from Portfolio import Portfolio
 
@@ -206,49 +200,6 @@ def close_weights(qty: np.ndarray, cash: float, close: np.ndarray) -> tuple[floa
     weights[n] = cash
     weights *= 1.0 / value
     return value, weights
-
-
-def play_policy(
-    policy: Policy,
-    market: MarketData,
-    first_bar: int,
-    portfolio: Portfolio | None = None,
-    name: str = "agent",
-) -> BacktestRecord:
-    """Play ``policy`` over ``market`` from the close of bar ``first_bar`` to the end (see the module
-    docstring); the record covers bars first_bar..end (fewer if the portfolio is ruined:
-    ``env.ruin_fraction`` of its initial cash ends the episode, as in the env)."""
-    cfg = policy.env_config
-    policy.check_market(market, "the market to play")
-    require_history(market, first_bar, policy.history_bars, name)
-    if market.n_bars - first_bar < 2:
-        raise ValueError(f"{name}: nothing to trade after bar {first_bar} of {market.n_bars}")
-    observed = MarketObservations(market, cfg)
-    pf = portfolio if portfolio is not None else make_portfolio(market.symbols, cfg["portfolio"])
-    played = market.slice_bars(first_bar, market.n_bars)
-    rec = Recorder(name, played, pf)
-    rec.calls = np.zeros((played.n_bars, market.n_pairs), dtype=np.int8)
-    rec.bar(0)
-    n = market.n_pairs
-    band = float(cfg["meta"]["rebalance_band"])
-    ruin_value = float(cfg["ruin_fraction"]) * pf.initial_cash
-    need_volume = pf.impact_bps > 0.0
-    open_, close, volume, times = market.open, market.close, market.volume, market.open_time_ms.tolist()
-    _, weights = close_weights(pf.qty, pf.cash, close[first_bar])
-    for t in range(first_bar, market.n_bars - 1):
-        calls, logits = policy.act(observed, t, weights)
-        rec.calls[t - first_bar] = calls
-        target = policy.limits.targets(logits, n)
-        turnover, _, _ = execute(pf, target, open_[t + 1], volume[t + 1] if need_volume else None,
-                                 times[t + 1], band)  # fmt: skip
-        rec.bar_from_portfolio(t + 1 - first_bar, traded=turnover > 0.0)
-        value, weights = close_weights(pf.qty, pf.cash, close[t + 1])
-        if value <= ruin_value:
-            break
-    record = rec.record()
-    # What the agents observed of the market (features part) on the recorded bars, for audits.
-    record.extra["observed_features"] = observed.features[first_bar : first_bar + len(record.equity)]
-    return record
 
 
 def score_equity(equity: np.ndarray, timeframe: str) -> dict[str, float]:

@@ -3,9 +3,10 @@
 Given the history of a market up to the close of bar t and the current portfolio weights, the core
 produces the decision the trained policy makes at bar t: every specialist's call (-1 sell, 0 hold,
 +1 buy) and the meta-agent's target weights (pairs, then cash). The env (`SequentialTradingEnv`)
-computes its observations here, validation and backtests (`backtest.play_policy`) decide here, and a
-live loop calls `Policy.decide` on the latest closed candles. Importable without Ray, RLlib or the
-training code: numpy, plus torch for the networks (imported when a policy is built).
+computes its observations here; validation, backtests and walk-forward folds play `play_policy`
+(the one episode loop, with `backtest`'s execution step) and a live loop calls `Policy.decide` on the
+latest closed candles. Importable without Ray, RLlib or the training code: numpy, plus torch for the
+networks (imported when a policy is built); reading a run's files verifies them (`run_files`).
 
 Observation pipeline (each step's rule sits beside its definition below):
 
@@ -43,7 +44,9 @@ from typing import Any
 
 import numpy as np
 
+import backtest
 import specialists as rules_mod
+from env_config import NORMALIZATION_METHODS
 from market_arrays import MarketData
 from settings import ConfigError
 
@@ -58,9 +61,6 @@ RELATIVE_SIZE = ("atr_14", "macd", "macd_signal", "macd_hist")
 # The close itself: its logarithm (excluded by default; a level says little across years).
 LOG_LEVEL = ("close",)
 # Everything else (returns, RSI, %b, band width, volatility, volume z-score, ...) is used as it is.
-
-NORMALIZATION_METHODS = ("rolling", "none")
-
 
 def feature_names(data_feature_names: Sequence[str], env_cfg: Mapping[str, Any]) -> list[str]:
     """The observed features: ``env.features``, or every data feature but ``env.exclude_features``."""
@@ -375,29 +375,36 @@ class MarketObservations:
             if kind != rules_mod.LEARNED:
                 self.rule_calls[:, i] = rules_mod.compute_calls(kind, data, env_cfg["rules"].get(kind))[:, i]
 
+        # The layout's slices resolved once: the env observes several times per bar.
+        lay = self.layout
+        self._window = w
+        self._spec_size, self._spec_features, self._spec_weight = (
+            lay.specialist_size, lay.specialist_features, lay.specialist_weight
+        )
+        self._meta_size, self._meta_features, self._meta_calls, self._meta_weights = (
+            lay.meta_size, lay.meta_features, lay.meta_calls, lay.meta_weights
+        )
+
     def specialist(self, pair: int, t: int, weight: float) -> np.ndarray:
         """Pair ``pair``'s specialist observation at bar ``t`` given its current weight."""
-        lay = self.layout
-        obs = np.empty(lay.specialist_size, dtype=np.float32)
-        obs[lay.specialist_features] = self.windows[pair, t : t + lay.window].reshape(-1)
-        obs[lay.specialist_weight] = weight
+        obs = np.empty(self._spec_size, dtype=np.float32)
+        obs[self._spec_features] = self.windows[pair, t : t + self._window].reshape(-1)
+        obs[self._spec_weight] = weight
         return obs
 
     def specialists(self, pairs: Sequence[int], t: int, weights: np.ndarray) -> np.ndarray:
         """[K, D] observations of the specialists of ``pairs`` at bar ``t`` (one batch)."""
-        lay = self.layout
-        obs = np.empty((len(pairs), lay.specialist_size), dtype=np.float32)
-        obs[:, lay.specialist_features] = self.windows[pairs, t : t + lay.window].reshape(len(pairs), -1)
-        obs[:, lay.specialist_weight] = weights[list(pairs)]
+        obs = np.empty((len(pairs), self._spec_size), dtype=np.float32)
+        obs[:, self._spec_features] = self.windows[pairs, t : t + self._window].reshape(len(pairs), -1)
+        obs[:, self._spec_weight] = weights[list(pairs)]
         return obs
 
     def meta(self, t: int, calls: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """The meta-agent's observation at bar ``t`` given this bar's calls and the current weights."""
-        lay = self.layout
-        obs = np.empty(lay.meta_size, dtype=np.float32)
-        obs[lay.meta_features] = self.features[t].reshape(-1)
-        obs[lay.meta_calls] = calls
-        obs[lay.meta_weights] = weights
+        obs = np.empty(self._meta_size, dtype=np.float32)
+        obs[self._meta_features] = self.features[t].reshape(-1)
+        obs[self._meta_calls] = calls
+        obs[self._meta_weights] = weights
         return obs
 
 
@@ -651,6 +658,61 @@ class Decision:
     calls: np.ndarray  # [N] int8 in {-1, 0, +1}, pair order = policy.symbols
     target_weights: np.ndarray  # [N + 1] float64, pairs then cash, >= 0, sums to 1
     logits: np.ndarray  # [N + 1] the meta-agent's action (what the env is given)
+
+
+# ----------------------------------------------------------------------------------------------
+# The episode loop
+# ----------------------------------------------------------------------------------------------
+
+
+def play_policy(
+    policy: Policy,
+    market: MarketData,
+    first_bar: int,
+    portfolio: Any = None,
+    name: str = "agent",
+) -> backtest.BacktestRecord:
+    """The one episode loop: play ``policy`` over ``market`` from the close of bar ``first_bar`` to the
+    end, with the env's timing and accounting (`backtest.execute`, `backtest.close_weights`).
+
+    ``market`` holds `history_bars` bars up to and including ``first_bar`` (warm-up, never traded;
+    `warm_range` cuts such a slice from a longer series). The record covers bars first_bar..end
+    (fewer if the portfolio is ruined: ``env.ruin_fraction`` of its initial cash ends the episode, as
+    in the env), starting from ``portfolio`` as given (one carried over from an earlier fold keeps
+    its cash and positions; by default all cash). Observations come from the whole-array path
+    (`MarketObservations`), bit-identical to `Policy.decide` bar by bar.
+    """
+    cfg = policy.env_config
+    policy.check_market(market, "the market to play")
+    require_history(market, first_bar, policy.history_bars, name)
+    if market.n_bars - first_bar < 2:
+        raise ValueError(f"{name}: nothing to trade after bar {first_bar} of {market.n_bars}")
+    observed = MarketObservations(market, cfg)
+    pf = portfolio if portfolio is not None else backtest.make_portfolio(market.symbols, cfg["portfolio"])
+    played = market.slice_bars(first_bar, market.n_bars)
+    rec = backtest.Recorder(name, played, pf)
+    rec.calls = np.zeros((played.n_bars, market.n_pairs), dtype=np.int8)
+    rec.bar(0)
+    n = market.n_pairs
+    band = float(cfg["meta"]["rebalance_band"])
+    ruin_value = float(cfg["ruin_fraction"]) * pf.initial_cash
+    need_volume = pf.impact_bps > 0.0
+    open_, close, volume, times = market.open, market.close, market.volume, market.open_time_ms.tolist()
+    _, weights = backtest.close_weights(pf.qty, pf.cash, close[first_bar])
+    for t in range(first_bar, market.n_bars - 1):
+        calls, logits = policy.act(observed, t, weights)
+        rec.calls[t - first_bar] = calls
+        target = policy.limits.targets(logits, n)
+        turnover, _, _ = backtest.execute(pf, target, open_[t + 1], volume[t + 1] if need_volume else None,
+                                 times[t + 1], band)  # fmt: skip
+        rec.bar_from_portfolio(t + 1 - first_bar, traded=turnover > 0.0)
+        value, weights = backtest.close_weights(pf.qty, pf.cash, close[t + 1])
+        if value <= ruin_value:
+            break
+    record = rec.record()
+    # What the agents observed of the market (features part) on the recorded bars, for audits.
+    record.extra["observed_features"] = observed.features[first_bar : first_bar + len(record.equity)]
+    return record
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ each bar's CLOSE. Bar 0 holds the initial cash untouched (nothing has been decid
 curve starts at the initial capital and the drawdown is measured from it.
 
 The agent is the run's `decision.Policy` (`decision.load_policy`, no Ray) played by the one episode
-loop, `backtest.play_policy`. Its observations need `decision.history_bars` bars up to each decision:
+loop, `decision.play_policy`. Its observations need `decision.history_bars` bars up to each decision:
 that many bars before the range's first bar are loaded from the same source as warm-up, and the agent
 trades from the first bar of the range only; a range too close to the start of the data is refused
 with the number of missing bars. The benchmarks trade the same bars.
@@ -34,7 +34,8 @@ import console
 import decision
 import metrics
 import tearsheet
-from backtest import BacktestRecord, Recorder, make_portfolio, play_policy, simulate_targets  # noqa: F401
+from backtest import BacktestRecord, Recorder, make_portfolio, simulate_targets  # noqa: F401
+from decision import play_policy
 from market_arrays import MarketData
 from settings import PROJECT_ROOT, ConfigError, format_ms, parse_time_ms
 
@@ -333,7 +334,7 @@ def backtest(
         agent = play_policy(policy, market, first_bar)
     except ConfigError as exc:
         raise BacktestError(str(exc)) from None
-    timings["agent"] = (time.perf_counter() - tick[0], time.process_time() - tick[1])
+    timings["agent (decisions + accounting)"] = (time.perf_counter() - tick[0], time.process_time() - tick[1])
     played = market.slice_bars(first_bar, first_bar + len(agent.equity))  # ruin ends the episode early
 
     tick = (time.perf_counter(), time.process_time())

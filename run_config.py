@@ -509,9 +509,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def resolve_env_config(env_cfg: dict[str, Any]) -> dict[str, Any]:
-    """The env's own validation and defaults (`SequentialTradingEnv.resolve_config`)."""
-    import SequentialTradingEnv
+    """The env's own validation and defaults (`env_config.resolve_config`)."""
+    import env_config
 
     if not isinstance(env_cfg, dict):
         raise ConfigError(f"env must be a mapping of env settings, got {env_cfg!r}")
-    return SequentialTradingEnv.resolve_config(env_cfg)
+    return env_config.resolve_config(env_cfg)

@@ -7,7 +7,7 @@ Ray start-up, the PPO config of our two policies, validation and the progress lo
   ``specialist_<BASE>`` agent, `agent_to_module`) and ``meta`` (`meta_module.PairSharedAllocator` or
   RLlib's MLP); env runners build the env with `make_env` + `adapt_for_rllib` from the run config.
 - `validate`: the learner's current weights as a `decision.Policy`, played once over the validation
-  split by the one episode loop (`backtest.play_policy`), warm from the train split's last bars.
+  split by the one episode loop (`decision.play_policy`), warm from the train split's last bars.
 - `init_ray`: join a cluster (``--address`` / RAY_ADDRESS) or start a local Ray with its logs in
   ``logs/<run_id>/ray``.
 """
@@ -361,7 +361,7 @@ def validate(cfg: dict[str, Any], algo: Any, splits: Splits) -> dict[str, float]
     it) and score it; ``score`` is ``validation.metric`` with nan as -inf."""
     policy = policy_from_algo(algo, cfg, splits.validation)
     market, first_bar = splits.warm("validation", policy.history_bars)
-    record = backtest.play_policy(policy, market, first_bar, name="validation")
+    record = decision.play_policy(policy, market, first_bar, name="validation")
     scores = backtest.score_equity(record.equity, market.timeframe)
     scores["score"] = backtest.finite_score(scores[cfg["validation"]["metric"]])
     return scores

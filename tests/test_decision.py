@@ -1,4 +1,4 @@
-"""The decision core (decision.py) and the one episode loop (backtest.play_policy).
+"""The decision core (decision.py) and the one episode loop (decision.play_policy).
 
 What is checked: features of bar t depend on bars t-history_bars+1..t only, bit for bit (whole-array
 path == per-bar path, slices starting anywhere, gaps in the data); the z-scores equal an independent
@@ -10,15 +10,14 @@ the number of missing bars; the core loads a run without Ray.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import test_performance
 
-import backtest
 import decision
 import SequentialTradingEnv as S
 import synthetic
@@ -26,6 +25,7 @@ from market_arrays import MarketData
 from settings import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
+smoke_run = test_performance.smoke_run  # the module-scoped fixture: a run trained by Train.py's CLI
 
 
 def env_cfg(**overrides) -> dict:
@@ -132,18 +132,6 @@ def test_layouts_name_every_slice():
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> Path:
-    """A run trained by Train.py's CLI on configs/smoke.yaml (real RLlib, about a minute)."""
-    base = tmp_path_factory.mktemp("decision_smoke")
-    cmd = [sys.executable, str(ROOT / "Train.py"), "--config", "configs/smoke.yaml", "--run-id", "smoke",
-           "--saved-models", str(base / "saved"), "--logs", str(base / "logs")]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"smoke training failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return base / "saved" / "smoke"
-
-
 def long_market(run_dir: Path, n_bars: int) -> MarketData:
     """The run's synthetic market, longer (same pairs, timeframe and features)."""
     cfg, _ = decision.load_run_files(run_dir)
@@ -211,7 +199,7 @@ def test_env_observes_what_the_decision_core_computes_and_plays_like_the_loop(sm
     assert checked == data.n_bars - 1 - first and lay.meta_size == raw.observation_space("meta").shape[0]
     # The same policy through the one episode loop (validation, backtests) from the same bar: the
     # same equity as the env's own accounting, bit for bit.
-    record = backtest.play_policy(policy, data, first)
+    record = decision.play_policy(policy, data, first)
     assert len(record.equity) == data.n_bars - first
     np.testing.assert_array_equal(record.equity, np.array(equity))
 
@@ -221,11 +209,11 @@ def test_mid_data_backtest_observes_what_an_earlier_one_observed(smoke_run):
     policy = decision.load_policy(smoke_run)
     data = long_market(smoke_run, 3000)  # 4 months of 1h bars
     need = policy.history_bars
-    early = backtest.play_policy(policy, data, need - 1)
+    early = decision.play_policy(policy, data, need - 1)
     mid_start = 2200  # three months after the first warm bar
     market, first = decision.warm_range(data, int(data.open_time_ms[mid_start]), None, need, "the mid one")
     assert first == need - 1 and market.n_bars == data.n_bars - mid_start + need - 1
-    mid = backtest.play_policy(policy, market, first)
+    mid = decision.play_policy(policy, market, first)
     offset = mid_start - (need - 1)
     np.testing.assert_array_equal(mid.extra["observed_features"], early.extra["observed_features"][offset:])
     np.testing.assert_array_equal(mid.open_time_ms, early.open_time_ms[offset:])
