@@ -117,6 +117,27 @@ def _candle_file(directory: Path, symbol: str) -> Path:
     raise FileNotFoundError(f"no candle file for {symbol} in {directory} (want {stem}.csv or {stem}.csv.gz)")
 
 
+def _read_joined_candles(directories: list[Path], symbol: str) -> np.ndarray:
+    """One pair's candles from every folder holding its file (time order; a shared hour kept once,
+    from the later folder). FileNotFoundError when no folder has it."""
+    parts = []
+    for folder in directories:
+        try:
+            parts.append(_read_candles_csv(_candle_file(folder, symbol)))
+        except FileNotFoundError:
+            if len(directories) == 1:
+                raise
+    if not parts:
+        raise FileNotFoundError(f"no candle file for {symbol} in any of {[str(d) for d in directories]}")
+    if len(parts) == 1:
+        return parts[0]
+    rows = np.concatenate(parts)
+    order = np.argsort(rows[:, 0], kind="stable")
+    rows = rows[order]
+    last = np.append(rows[1:, 0] != rows[:-1, 0], True)  # keep the last copy of each open time
+    return rows[last]
+
+
 def align(
     symbols: list[str],
     timeframe: str,
@@ -158,7 +179,7 @@ def align(
 
 
 def from_csv_dir(
-    directory: str | Path,
+    directory: str | Path | list[str | Path],
     symbols: list[str] | None,
     timeframe: str,
     start: Any = None,
@@ -174,9 +195,13 @@ def from_csv_dir(
     from binance.symbols import symbol_from_file_stem, timeframe_ms
     from indicators import FEATURE_NAMES, compute_indicators
 
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory} is not a directory of CSV candles")
+    # Several folders (e.g. binance_spot_1h_2017_2022 and _2022_2024) join into one series per pair:
+    # a pair's rows from every folder that has its file, one copy of the hours they share.
+    directories = [Path(d) for d in (directory if isinstance(directory, (list, tuple)) else [directory])]
+    for folder in directories:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder} is not a directory of CSV candles")
+    directory = directories[0]
     if symbols is None:
         stems = sorted(p.name.split(".")[0] for p in directory.glob("*.csv*") if not p.name.startswith("_"))
         symbols = [symbol_from_file_stem(stem) for stem in stems]
@@ -185,14 +210,15 @@ def from_csv_dir(
     step_ms = timeframe_ms(timeframe)
     series = []
     for symbol in symbols:
-        rows = _read_candles_csv(_candle_file(directory, symbol))
+        rows = _read_joined_candles(directories, symbol)
         times = rows[:, 0].astype(np.int64)
         ind = compute_indicators(rows[:, 1], rows[:, 2], rows[:, 3], rows[:, 4], rows[:, 5], times, step_ms)
         entry = {"open_time_ms": times, "open": rows[:, 1], "high": rows[:, 2], "low": rows[:, 3],
                  "close": rows[:, 4], "volume": rows[:, 5], "warm": ind["warm"]}
         entry.update({name: ind[name] for name in FEATURE_NAMES})
         series.append(entry)
-    meta = {"source": "csv", "path": str(directory)}
+    paths: Any = [str(d) for d in directories] if len(directories) > 1 else str(directory)
+    meta = {"source": "csv", "path": paths}
     data = align(list(symbols), timeframe, series, list(FEATURE_NAMES), meta)
     start_ms = None if start is None else to_ms(start)
     end_ms = None if end is None else to_ms(end)
