@@ -8,12 +8,8 @@ end-to-end ones train real (tiny) RLlib runs as Ray tasks.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +17,6 @@ import pytest
 import yaml
 
 import folds
-import metrics
 import synthetic
 import walk_forward as wf
 from market_data import MarketData
@@ -72,7 +67,8 @@ def test_anchored_plan_grows_from_the_first_training_start():
     assert anchored[0] == rolling[0]
     for a, r in zip(anchored, rolling, strict=True):
         assert a.train_start_ms == rolling[0].train_start_ms
-        assert (a.train_end_ms, a.test_start_ms, a.test_end_ms) == (r.train_end_ms, r.test_start_ms, r.test_end_ms)
+        assert a.train_end_ms == r.train_end_ms
+        assert (a.test_start_ms, a.test_end_ms) == (r.test_start_ms, r.test_end_ms)
     lengths = [f.train_end_ms - f.train_start_ms for f in anchored]
     assert np.all(np.diff(lengths) == 20 * DAY_MS)  # one step more training per fold
     assert_plan_invariants(anchored)
@@ -247,7 +243,7 @@ def test_stitched_equity_is_one_account_over_the_chained_folds(chain_market):
     np.testing.assert_allclose(rec.equity, reference.equity, rtol=1e-12)
     np.testing.assert_allclose(rec.fees, reference.fees, rtol=1e-12, atol=1e-12)
     # Each fold's slice of the stitched curve is that fold played alone from where the last one ended.
-    for k, fold in enumerate(plan):
+    for k in range(len(plan)):
         state = chain.end_states[k]
         lo = rows[k]
         hi = rows[k + 1] if k + 1 < len(rows) else len(rec.equity)
