@@ -24,12 +24,11 @@ a test bar uses bars up to its own close.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from settings import ConfigError, check_keys, parse_time_ms
+from settings import ConfigError, check_keys, format_ms, parse_time_ms
 
 MS_PER_DAY = 86_400_000
 FOLD_MODES = ("rolling", "anchored")
@@ -61,21 +60,19 @@ class Fold:
         }
 
     def splits(self) -> dict[str, dict[str, str]]:
-        """The ranges in Train.py's ``data.splits`` shape (ISO datetimes, UTC)."""
-        return {name: {"start": iso(lo), "end": iso(hi)} for name, (lo, hi) in self.ranges_ms().items()}
+        """The ranges in Train.py's ``data.splits`` shape (UTC times, ``2021-01-01 00:00``)."""
+        return {
+            name: {"start": format_ms(lo), "end": format_ms(hi)}
+            for name, (lo, hi) in self.ranges_ms().items()
+        }
 
     def as_row(self) -> dict[str, Any]:
-        """A flat record (ms and ISO dates) for folds.csv and plan.json."""
+        """A flat record (ms and UTC times) for folds.csv and plan.json."""
         row: dict[str, Any] = asdict(self)
         for name, (lo, hi) in self.ranges_ms().items():
-            row[f"{name}_start"] = iso(lo)
-            row[f"{name}_end"] = iso(hi)
+            row[f"{name}_start"] = format_ms(lo)
+            row[f"{name}_end"] = format_ms(hi)
         return row
-
-
-def iso(ms: int) -> str:
-    """UTC ISO datetime of epoch milliseconds, to the minute ('2021-01-01T00:00')."""
-    return dt.datetime.fromtimestamp(int(ms) / 1000, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M")
 
 
 def _days(plan: Mapping[str, Any], key: str, allow_none: bool = False) -> float | None:
@@ -161,11 +158,11 @@ def check_coverage(folds: list[Fold], data_start_ms: int, data_end_ms: int) -> N
     need_to = max(f.test_end_ms for f in folds)
     if need_from < data_start_ms:
         raise ConfigError(
-            f"the first fold trains from {iso(need_from)} but the data starts at {iso(data_start_ms)}: "
+            f"the first fold trains from {format_ms(need_from)} but the data starts at {format_ms(data_start_ms)}: "
             "move folds.test_start later or shorten folds.train_days / folds.validation_days"
         )
     if need_to > data_end_ms:
         raise ConfigError(
-            f"the last test segment ends at {iso(need_to)} but the data ends at {iso(data_end_ms)}: "
+            f"the last test segment ends at {format_ms(need_to)} but the data ends at {format_ms(data_end_ms)}: "
             "move folds.test_end earlier"
         )

@@ -62,8 +62,8 @@ import yaml
 import folds as folds_mod
 import metrics
 from folds import Fold
-from market_data import MarketData
-from settings import CONFIG_DIR, PROJECT_ROOT, ConfigError, check_keys, load_yaml, merge
+from market_arrays import MarketData
+from settings import CONFIG_DIR, PROJECT_ROOT, ConfigError, check_keys, format_ms, load_yaml, merge
 
 log = logging.getLogger("walk_forward")
 
@@ -254,19 +254,19 @@ def bar_ms(data: MarketData) -> int:
 
 
 def fold_splits(data: MarketData, fold: Fold) -> Any:
-    """Train.Splits of one fold (ConfigError when a range holds fewer than 2 bars)."""
-    import Train
+    """training.Splits of one fold (ConfigError when a range holds fewer than 2 bars)."""
+    import training
 
     parts = {}
     for name, (lo, hi) in fold.ranges_ms().items():
         part = data.slice_time(lo, hi)
         if part.n_bars < 2:
             raise ConfigError(
-                f"{fold.name}: its {name} range {folds_mod.iso(lo)} .. {folds_mod.iso(hi)} "
+                f"{fold.name}: its {name} range {format_ms(lo)} .. {format_ms(hi)} "
                 f"holds {part.n_bars} bars of the data; change the fold plan"
             )
         parts[name] = part
-    return Train.Splits(**parts)
+    return training.Splits(**parts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,7 +350,7 @@ def run_units(
     caps that. Results are printed as they arrive; a failed unit raises after the others finished."""
     import ray
 
-    import Train
+    import training
 
     results = {u.name: done for u in units if (done := unit_done(u)) is not None}
     pending = [u for u in units if u.name not in results]
@@ -358,7 +358,7 @@ def run_units(
         print(f"resume: {len(results)} of {len(units)} runs already finished", flush=True)
     if not pending:
         return results
-    info = Train.init_ray(address, log_dir)
+    info = training.init_ray(address, log_dir)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     limit = min(max_concurrent or cpus, cpus, len(pending))
     print(f"training {len(pending)} runs, {limit} at a time ({info})", flush=True)
@@ -395,32 +395,67 @@ def run_units(
 # ----------------------------------------------------------------------------------------------
 
 
+class _PassThroughLimits:
+    """The ensemble's `act` returns final target weights (each member's own limits already applied
+    before averaging), so the loop's ``limits.targets`` step passes them through."""
+
+    @staticmethod
+    def targets(weights: np.ndarray, n_pairs: int) -> np.ndarray:
+        return np.asarray(weights, dtype=np.float64)
+
+
 class EnsemblePolicy:
     """The seeds' mean decision: mean target weights (a convex combination of allocations is an
-    allocation), calls by majority (the sign of their sum; a tie holds). Same interface as
-    `decision.Policy` (``symbols``, ``timeframe``, ``env_config``, ``history_bars``, ``decide``)."""
+    allocation), calls by majority (the sign of their sum; a tie holds).
+
+    Duck-types `decision.Policy` for `backtest.play_policy` (``act``, ``limits``, ``check_market``,
+    ``env_config``, ``history_bars``) and for live use (``decide``). One member plays exactly as that
+    member alone. Members share the fold's training config (they differ in seed only), hence the
+    same observations."""
+
+    limits = _PassThroughLimits()
 
     def __init__(self, members: Sequence[Any]) -> None:
         if not members:
             raise ValueError("an ensemble needs at least one policy")
         first = members[0]
         for other in members[1:]:
-            if list(other.symbols) != list(first.symbols) or other.timeframe != first.timeframe:
-                raise ValueError("every seed of a fold must trade the same pairs and timeframe")
+            if other.env_config != first.env_config or list(other.symbols) != list(first.symbols):
+                raise ValueError("every seed of a fold must share its env config and pairs")
         self.members = list(members)
         self.symbols = list(first.symbols)
         self.timeframe = first.timeframe
         self.env_config = first.env_config
-        self.history_bars = max(int(m.history_bars) for m in members)
+        self.history_bars = int(first.history_bars)
+
+    def check_market(self, data: MarketData, what: str = "the data") -> None:
+        self.members[0].check_market(data, what)
+
+    @staticmethod
+    def combine(calls: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(majority calls, mean targets) of the members' answers."""
+        if len(targets) == 1:
+            return np.asarray(calls[0]), np.asarray(targets[0])
+        votes = np.sum([np.asarray(c, dtype=np.int64) for c in calls], axis=0)
+        return np.sign(votes).astype(np.int8), np.mean(targets, axis=0)
+
+    def act(self, market: Any, t: int, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(calls [N], target weights [N+1]) at bar ``t`` of the observed market."""
+        n = len(self.symbols)
+        calls, targets = [], []
+        for member in self.members:
+            member_calls, logits = member.act(market, t, weights)
+            calls.append(member_calls)
+            targets.append(member.limits.targets(logits, n))
+        return self.combine(calls, targets)
 
     def decide(self, history: MarketData, weights: np.ndarray) -> Any:
+        """The fold's `decision.Decision` after the close of ``history``'s last bar (``logits`` are
+        the first member's; the targets are the mean)."""
         import dataclasses
 
         decisions = [m.decide(history, weights) for m in self.members]
-        if len(decisions) == 1:
-            return decisions[0]
-        targets = np.mean([d.target_weights for d in decisions], axis=0)
-        calls = np.sign(np.sum([d.calls.astype(np.int64) for d in decisions], axis=0)).astype(np.int8)
+        calls, targets = self.combine([d.calls for d in decisions], [d.target_weights for d in decisions])
         return dataclasses.replace(decisions[0], calls=calls, target_weights=targets)
 
 
@@ -464,64 +499,40 @@ def segment_bounds(data: MarketData, fold: Fold) -> tuple[int, int]:
 
 
 def play_fold(policy: Any, data: MarketData, fold: Fold, portfolio: Any, name: str = "agent") -> Any:
-    """Trade ``portfolio`` (carried in, left as it ends) through the fold's test segment.
+    """Trade ``portfolio`` (carried in, left as it ends) through the fold's test segment with the
+    decision core's loop (`backtest.play_policy`) on warm history.
 
-    The first decision follows the close of the bar before the segment and executes at the
-    segment's first open; the history before it is the warm-up. Returns the segment's
-    `performance.BacktestRecord` (one row per test bar)."""
+    The first decision follows the close of the bar before the segment and fills at the segment's
+    first open. Returns the loop's `backtest.BacktestRecord`: the bar before the segment (untraded
+    by this fold; its calls are this fold's first decision), then one row per test bar."""
+    import backtest
+    import decision
+
     first, stop = segment_bounds(data, fold)
-    lo = max(0, first - int(policy.history_bars))
-    return _play_segment(policy, data.slice_bars(lo, stop), first - lo, portfolio, name=name)
+    if first < 1:
+        raise ConfigError(f"{fold.name}: no bar before its test segment to decide at; start the folds later")
+    market, before = decision.warm_range(data, int(data.open_time_ms[first - 1]), fold.test_end_ms,
+                                         int(policy.history_bars), f"{fold.name}'s test segment")  # fmt: skip
+    record = backtest.play_policy(policy, market, before, portfolio, name=name)
+    if len(record.equity) != stop - first + 1:
+        raise RuntimeError(f"{fold.name}: the account was ruined during the test segment "
+                           f"(env.ruin_fraction); the stitched curve would stop there")  # fmt: skip
+    return record
 
 
-def _play_segment(policy: Any, market: MarketData, first_bar: int, portfolio: Any, name: str) -> Any:
-    """PROVISIONAL stand-in for the decision core's episode loop (branch core): decide after the
-    close of bar t-1 on the history up to it, rebalance at bar t's open unless the turnover is within
-    the policy's rebalance band, mark at the close."""
-    from performance import Recorder
+def drop_first_row(record: Any) -> Any:
+    """``record`` without its first row (the bar the first decision follows)."""
+    import dataclasses
 
-    segment = market.slice_bars(first_bar, market.n_bars)
-    rec = Recorder(name, segment, portfolio)
-    rec.calls = np.zeros((segment.n_bars, segment.n_pairs), dtype=np.int8)
-    band = float(policy.env_config["meta"]["rebalance_band"])
-    for row, t in enumerate(range(first_bar, market.n_bars)):
-        history = market.slice_bars(max(0, t - int(policy.history_bars)), t)
-        decision = policy.decide(history, portfolio.weights(market.close[t - 1]))
-        rec.calls[row] = decision.calls
-        fills = None
-        current = portfolio.weights(market.open[t])
-        if 0.5 * np.abs(decision.target_weights - current).sum() > band:
-            fills = portfolio.rebalance(
-                decision.target_weights, market.open[t], ts_ms=int(market.open_time_ms[t])
-            )
-        rec.bar(row, fills)
-    return rec.record()
-
-
-def start_record(name: str, data: MarketData, bar: int, initial_cash: float) -> Any:
-    """One row for the bar before the first test bar: the untouched initial capital (the curves'
-    common start, as `performance.simulate_targets` keeps bar 0)."""
-    from performance import BacktestRecord
-
-    n = data.n_pairs
-    cash_only = np.zeros((1, n + 1))
-    cash_only[0, -1] = 1.0
-    return BacktestRecord(
-        name=name,
-        symbols=list(data.symbols),
-        open_time_ms=data.open_time_ms[bar : bar + 1],
-        equity=np.array([float(initial_cash)]),
-        weights_before=cash_only,
-        weights_after=cash_only.copy(),
-        fees=np.zeros((1, n)),
-        pnl=np.zeros((1, n)),
-        calls=np.zeros((1, n), dtype=np.int8),
-    )
+    fields = ("open_time_ms", "equity", "weights_before", "weights_after", "fees", "pnl")
+    trimmed = {f: getattr(record, f)[1:] for f in fields}
+    calls = None if record.calls is None else record.calls[1:]
+    return dataclasses.replace(record, calls=calls, **trimmed)
 
 
 def concat_records(name: str, parts: Sequence[Any]) -> Any:
     """Records of consecutive segments as one (`performance.BacktestRecord`)."""
-    from performance import BacktestRecord
+    from backtest import BacktestRecord
 
     calls = None
     if all(p.calls is not None for p in parts):
@@ -577,16 +588,24 @@ def chain_folds(
     name: str = "agent",
 ) -> ChainResult:
     """Play every fold's test segment with its policy on ONE portfolio (capital and positions carried
-    over) and stitch the records after the common start row."""
-    from performance import make_portfolio
+    over) and stitch the records: fold 0's whole record (its first row, the bar before the first
+    test bar, is the common start: the untouched initial capital), then each later fold's test rows.
+    The bar a fold's segment ends on is where the next fold decides first: its calls are that fold's."""
+    from backtest import make_portfolio
 
     portfolio = make_portfolio(data.symbols, portfolio_cfg)
-    first, _ = segment_bounds(data, plan[0])
-    parts = [start_record(name, data, first - 1, portfolio.cash)]
+    parts: list[Any] = []
     rows, states = [], []
     for policy, fold in zip(policies, plan, strict=True):
-        rows.append(sum(len(p.equity) for p in parts))
-        parts.append(play_fold(policy, data, fold, portfolio, name=name))
+        record = play_fold(policy, data, fold, portfolio, name=name)
+        if parts:
+            if parts[-1].calls is not None and record.calls is not None:
+                parts[-1].calls[-1] = record.calls[0]
+            record = drop_first_row(record)
+            rows.append(sum(len(p.equity) for p in parts))
+        else:
+            rows.append(1)
+        parts.append(record)
         states.append(portfolio_state(portfolio))
     return ChainResult(concat_records(name, parts), rows, states)
 
@@ -926,8 +945,8 @@ def run_walk_forward(
     write_json(paths.out_dir / "plan.json", [f.as_row() for f in plan])
     print(
         f"walk-forward {paths.run_id}: {len(plan)} folds x {len(cfg['seeds']['values'])} seeds, "
-        f"{data.n_pairs} pairs, test {folds_mod.iso(plan[0].test_start_ms)} .. "
-        f"{folds_mod.iso(plan[-1].test_end_ms)}",
+        f"{data.n_pairs} pairs, test {format_ms(plan[0].test_start_ms)} .. "
+        f"{format_ms(plan[-1].test_end_ms)}",
         flush=True,
     )
 
@@ -982,8 +1001,8 @@ def run_walk_forward(
         "seeds": seeds,
         "combine": cfg["seeds"]["combine"],
         "n_trials": n_trials,
-        "test_start": folds_mod.iso(plan[0].test_start_ms),
-        "test_end": folds_mod.iso(plan[-1].test_end_ms),
+        "test_start": format_ms(plan[0].test_start_ms),
+        "test_end": format_ms(plan[-1].test_end_ms),
         "bars": len(chain.record.equity) - 1,
         "portfolio": portfolio_cfg,
         "agent_beats_share": beat_shares(table, list(records)),

@@ -19,7 +19,7 @@ import yaml
 import folds
 import synthetic
 import walk_forward as wf
-from market_data import MarketData
+from market_arrays import MarketData
 from settings import ConfigError, parse_time_ms
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def test_step_longer_than_test_leaves_gaps_and_shorter_is_refused():
 def test_fold_splits_are_train_py_splits():
     fold = folds.plan_folds(PLAN)[1]
     splits = fold.splits()
-    assert splits["test"] == {"start": "2020-03-21T00:00", "end": "2020-04-10T00:00"}
+    assert splits["test"] == {"start": "2020-03-21 00:00", "end": "2020-04-10 00:00"}
     for name, (lo, hi) in fold.ranges_ms().items():
         assert parse_time_ms(splits[name]["start"]) == lo and parse_time_ms(splits[name]["end"]) == hi
 
@@ -130,7 +130,7 @@ def test_default_config_resolves_with_its_training_part():
     assert train["env"]["portfolio"]["fee_rate"] == 0.001
     assert train["data"]["source"]["path"][1].endswith("binance_spot_1h_2022_2024")
     unit = wf.unit_config(train, folds.plan_folds(cfg["folds"])[2], 3)
-    assert unit["run"]["seed"] == 3 and unit["data"]["splits"]["test"]["start"] == "2019-12-31T00:00"
+    assert unit["run"]["seed"] == 3 and unit["data"]["splits"]["test"]["start"] == "2019-12-31 00:00"
 
 
 @pytest.mark.parametrize(
@@ -182,15 +182,26 @@ def test_smoke_config_resolves():
 # ---------------------------------------------------------------------------------------------
 
 
+class _Identity:
+    @staticmethod
+    def targets(weights: np.ndarray, n_pairs: int) -> np.ndarray:
+        return weights
+
+
 class SignalPolicy:
     """A policy with `decision.Policy`'s interface that trades the synthetic plant: equal weight in
     the pairs whose signal is above ``threshold`` at the decision bar, cash otherwise."""
 
+    limits = _Identity()
+
     def __init__(self, data: MarketData, threshold: float) -> None:
+        import decision
+        import Train
+
         self.symbols = list(data.symbols)
         self.timeframe = data.timeframe
-        self.env_config = {"meta": {"rebalance_band": 0.0}}
-        self.history_bars = 3
+        self.env_config = Train.resolve_env_config({"normalization": {"window": 24}})
+        self.history_bars = decision.history_bars(self.env_config)
         self.threshold = threshold
 
     def targets(self, signal_row: np.ndarray) -> np.ndarray:
@@ -202,14 +213,20 @@ class SignalPolicy:
             out[-1] = 1.0
         return out
 
-    def decide(self, history: MarketData, weights: np.ndarray):
-        from dataclasses import make_dataclass
+    def check_market(self, data: MarketData, what: str = "the data") -> None:
+        assert list(data.symbols) == self.symbols
 
-        assert history.n_bars >= self.history_bars
-        signal_row = synthetic.signal_of(history)[-1]
-        decision = make_dataclass("Decision", ["bar_open_time_ms", "calls", "target_weights"])
-        calls = np.where(signal_row > self.threshold, 1, -1).astype(np.int8)
-        return decision(int(history.open_time_ms[-1]), calls, self.targets(signal_row))
+    def act(self, market, t: int, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        signal_row = synthetic.signal_of(market.data)[t]
+        return np.where(signal_row > self.threshold, 1, -1).astype(np.int8), self.targets(signal_row)
+
+    def decide(self, history: MarketData, weights: np.ndarray):
+        import decision
+
+        calls, targets = self.act(
+            decision.MarketObservations(history, self.env_config), history.n_bars - 1, weights
+        )
+        return decision.Decision(int(history.open_time_ms[-1]), calls, targets, targets)
 
 
 CHAIN_PLAN = {"mode": "rolling", "test_start": "2020-01-20", "test_end": "2020-02-10", "train_days": 10,
@@ -267,7 +284,7 @@ def test_folds_table_chains_to_the_stitched_curve(chain_market):
 def test_ensemble_is_the_mean_of_target_weights(chain_market):
     members = [SignalPolicy(chain_market, th) for th in (-10.0, 10.0, 0.0)]
     ensemble = wf.EnsemblePolicy(members)
-    history = chain_market.slice_bars(100, 110)
+    history = chain_market.slice_bars(100, 140)
     weights = np.eye(4)[-1]
     d = ensemble.decide(history, weights)
     expected = np.mean([m.decide(history, weights).target_weights for m in members], axis=0)
