@@ -241,8 +241,13 @@ def load_data(cfg: Mapping[str, Any]) -> MarketData:
     """The walk-forward's market (``data.source``), whole: every fold slices it."""
     import market_data
 
+    source = copy.deepcopy(dict(cfg["data"]["source"]))
+    if source.get("kind") == "csv" and source.get("path") is not None:  # relative to the repository
+        paths = source["path"] if isinstance(source["path"], list) else [source["path"]]
+        resolved = [str(p if Path(p).is_absolute() else PROJECT_ROOT / p) for p in paths]
+        source["path"] = resolved if isinstance(source["path"], list) else resolved[0]
     try:
-        return market_data.load(copy.deepcopy(dict(cfg["data"]["source"])))
+        return market_data.load(source)
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"data.source {cfg['data']['source']}: {exc}") from exc
 
@@ -266,7 +271,7 @@ def fold_splits(data: MarketData, fold: Fold) -> Any:
                 f"holds {part.n_bars} bars of the data; change the fold plan"
             )
         parts[name] = part
-    return training.Splits(**parts)
+    return training.Splits(**parts, full=data)
 
 
 # ----------------------------------------------------------------------------------------------
