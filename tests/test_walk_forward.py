@@ -8,8 +8,12 @@ end-to-end ones train real (tiny) RLlib runs as Ray tasks.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -292,3 +296,177 @@ def test_ensemble_is_the_mean_of_target_weights(chain_market):
     assert d.target_weights.sum() == pytest.approx(1.0)
     votes = np.sum([m.decide(history, weights).calls for m in members], axis=0)
     np.testing.assert_array_equal(d.calls, np.sign(votes))
+
+
+def test_statistics_wiring_on_a_chained_account(chain_market):
+    """metrics.json's keys and their meaning on rule-traded folds: each curve's Sharpe inside its
+    interval, the agent against itself has a zero difference, n_trials recorded."""
+    from performance import run_benchmarks
+
+    plan = folds.plan_folds(CHAIN_PLAN)
+    chain = wf.chain_folds([SignalPolicy(chain_market, 0.5)] * len(plan), chain_market, plan, PORTFOLIO)
+    market, _ = wf.stitched_market(chain_market, plan)
+    records = {"agent": chain.record, **run_benchmarks(market, PORTFOLIO)}
+    stats_cfg = {"confidence": 0.9, "bootstrap_samples": 300, "block_bars": None, "seed": 1}
+    out = wf.curve_statistics(records, 8760.0, stats_cfg, n_trials=6, trials_sharpe_variance=1e-4)
+    for name, row in out.items():
+        assert "sharpe_ci_90" in row
+        if name == "cash":  # flat: no Sharpe ratio, no interval
+            assert row["sharpe"] is None and row["sharpe_ci_90"] == [None, None]
+            continue
+        lo, hi = row["sharpe_ci_90"]
+        assert lo < row["sharpe"] < hi
+        if name != "agent":
+            d_lo, d_hi = row["sharpe_diff_ci_90"]
+            assert d_lo < out["agent"]["sharpe"] - row["sharpe"] < d_hi
+    agent = out["agent"]
+    assert agent["n_trials"] == 6 and 0.0 <= agent["deflated_sharpe"] <= agent["probabilistic_sharpe"] <= 1.0
+    same = wf.curve_statistics({"agent": chain.record, "copy": chain.record}, 8760.0, stats_cfg, 1, 1e-4)
+    assert same["copy"]["sharpe_diff_ci_90"] == [0.0, 0.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: the CLI with real (tiny) training as Ray tasks
+# ---------------------------------------------------------------------------------------------
+
+
+def wf_cmd(tmp_path: Path, *args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "walk_forward.py"), *args, "--saved-models", str(tmp_path / "saved"),
+            "--logs", str(tmp_path / "logs")]  # fmt: skip
+
+
+def run_wf(tmp_path: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(wf_cmd(tmp_path, *args), cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+    assert proc.returncode == 0, f"walk_forward failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def test_smoke_walk_forward_killed_then_resumed_end_to_end(tmp_path):
+    """The smoke walk-forward, one run at a time, is killed (SIGKILL, Ray and all) once its first
+    run has finished; --resume keeps that run, trains the other, and writes every output. The
+    stitched agent curve in equity.csv is the folds' saved policies replayed on one account."""
+    import decision
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = wf_cmd(tmp_path, "--config", str(SMOKE), "--run-id", "smoke", "--set", "parallel.max_concurrent=1")
+    saved = tmp_path / "saved" / "smoke"
+    # A new session: the kill below reaches the driver and every Ray process it started, nothing else.
+    log = (tmp_path / "killed.log").open("w")  # a file, not a pipe: a full pipe would block the run
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while not list(saved.glob("fold_*/seed_*/done.json")):
+            ended = proc.poll() is not None
+            assert not ended, f"ended before the kill:\n{(tmp_path / 'killed.log').read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "no run finished within 10 minutes"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole session: the driver and the local Ray it started
+        proc.wait(timeout=60)
+        log.close()
+    finished = list(saved.glob("fold_*/seed_*/done.json"))
+    assert len(finished) == 1
+    before = finished[0].read_text()
+    assert not (tmp_path / "logs" / "smoke" / "walk_forward" / "metrics.json").exists()
+
+    out = run_wf(tmp_path, "--run-id", "smoke", "--resume").stdout
+    assert "resume: 1 of 2 runs already finished" in out
+    assert finished[0].read_text() == before  # the finished run was not trained again
+    wf_dir = tmp_path / "logs" / "smoke" / "walk_forward"
+    summary = json.loads((wf_dir / "metrics.json").read_text())
+    curves = summary["curves"]
+    assert list(curves) == ["agent", "buy_hold_first", "equal_weight_hold", "equal_weight_rebalanced", "cash"]
+    for name, row in curves.items():
+        assert len(row["sharpe_ci_95"]) == 2 and "sharpe" in row and "max_drawdown" in row
+        if name != "agent":
+            assert len(row["sharpe_diff_ci_95"]) == 2
+    assert curves["agent"]["n_trials"] == 1
+    assert (
+        curves["agent"]["probabilistic_sharpe"] is not None and curves["agent"]["deflated_sharpe"] is not None
+    )
+    folds_csv = (wf_dir / "folds.csv").read_text().splitlines()
+    assert len(folds_csv) == 3 and folds_csv[0].startswith("fold,")
+    report = (wf_dir / "report.html").read_text()
+    assert "stitched.png" in report and "Per fold" in report and (wf_dir / "stitched.png").stat().st_size > 0
+
+    # Replay: the folds' runs loaded from disk with the decision core, chained on one account.
+    cfg = wf.load_config(wf_dir / "config.yaml")
+    data = wf.load_data(cfg)
+    plan = folds.plan_folds(cfg["folds"])
+    policies = [wf.load_fold_policy(saved / f.name) for f in plan]
+    assert isinstance(policies[0].members[0], decision.Policy)
+    portfolio_cfg = wf.training_config(cfg)["env"]["portfolio"]
+    replay = wf.chain_folds(policies, data, plan, portfolio_cfg)
+    equity = np.loadtxt(wf_dir / "equity.csv", delimiter=",", skiprows=1)
+    np.testing.assert_array_equal(equity[:, 0].astype(np.int64), replay.record.open_time_ms)
+    np.testing.assert_allclose(equity[:, 1], replay.record.equity, rtol=1e-12)
+    # Each fold's saved end state (what the next fold starts from) is the account at its last bar.
+    market, rows = wf.stitched_market(data, plan)
+    for k, fold in enumerate(plan):
+        state = json.loads((saved / fold.name / "fold.json").read_text())["end_state"]
+        last = (rows[k + 1] if k + 1 < len(plan) else market.n_bars) - 1
+        value = state["cash"] + float(np.dot(state["qty"], market.close[last]))
+        assert value == pytest.approx(equity[last, 1], rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a walk-forward finds: a planted market and one without signal
+# ---------------------------------------------------------------------------------------------
+
+# Small on purpose (a test budget, not a study): 3 pairs, 2 folds x 1 seed trained in parallel for
+# PLANTED_BUDGET_S each; the meta-agent learns over the `signal` rule specialists and observes only
+# the planted feature, so that a minute or two of PPO can find the plant. What the test checks is
+# that the walk-forward machinery (per-fold training, warm test segments, one carried account)
+# keeps a learned edge out of sample, and reports no edge where there is none.
+PLANTED_BUDGET_S = 120
+PLANTED = {
+    "data": {"source": {"kind": "synthetic", "n_pairs": 3, "n_bars": 2880, "seed": 7, "signal_corr": 0.1}},
+    "folds": {"mode": "rolling", "test_start": "2020-03-01", "test_end": "2020-04-28", "train_days": 45,
+              "validation_days": 14, "test_days": 29},
+    "seeds": {"values": [0], "combine": "mean"},
+    "budget": {"iterations": 200, "time_budget_s": PLANTED_BUDGET_S},
+    "statistics": {"bootstrap_samples": 500},
+    "train_config": "configs/learning_check.yaml",
+    "train": {
+        "env": {"features": ["signal"], "specialists": {"default": "signal"},
+                "normalization": {"window": 168}, "episode_length": 128},
+        "ppo": {"train_batch_size": 2000, "minibatch_size": 500, "num_epochs": 8, "lr": 0.003},
+        "resources": {"num_envs_per_env_runner": 16},
+        "validation": {"every_iterations": 3, "metric": "log_growth"},
+    },
+}  # fmt: skip
+
+
+def planted_walk_forward(tmp_path: Path, signal_corr: float) -> tuple[dict, float]:
+    """(metrics.json, the oracle's log growth on the same stitched bars and costs)."""
+    payload = json.loads(json.dumps(PLANTED))
+    payload["data"]["source"]["signal_corr"] = signal_corr
+    config = tmp_path / "planted.yaml"
+    config.write_text(yaml.safe_dump(payload))
+    run_wf(tmp_path, "--config", str(config), "--run-id", "planted")
+    summary = json.loads((tmp_path / "logs" / "planted" / "walk_forward" / "metrics.json").read_text())
+    cfg = wf.load_config(config)
+    data = wf.load_data(cfg)
+    plan = folds.plan_folds(cfg["folds"])
+    portfolio = wf.training_config(cfg)["env"]["portfolio"]
+    # The oracle knows the plant; its threshold is chosen on fold 0's training bars only.
+    threshold, _ = synthetic.tune_oracle(wf.fold_splits(data, plan[0]).train, portfolio)
+    market, _ = wf.stitched_market(data, plan)
+    return summary, synthetic.log_growth(market, synthetic.oracle_targets(market, threshold), portfolio)
+
+
+def test_planted_market_out_of_sample_share_of_the_oracle(tmp_path):
+    summary, oracle = planted_walk_forward(tmp_path, 0.1)
+    agent = summary["curves"]["agent"]["log_growth"]
+    assert oracle > 0.5  # the plant is there to be found on these bars
+    assert agent > 0.25 * oracle, f"agent log growth {agent:.3f} vs oracle {oracle:.3f}"
+
+
+def test_no_signal_market_sharpe_difference_interval_contains_zero(tmp_path):
+    summary, _ = planted_walk_forward(tmp_path, 0.0)
+    for name in ("equal_weight_hold", "equal_weight_rebalanced"):
+        lo, hi = summary["curves"][name]["sharpe_diff_ci_95"]
+        assert lo < 0.0 < hi, f"agent - {name}: [{lo}, {hi}] claims a difference on a market without one"
