@@ -6,7 +6,10 @@ PY := $(VENV)/bin/python
 TORCH_PIP_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint demo dbt airflow bench clean-demo
+# Extra pytest arguments, e.g. PYTEST_ARGS="-m synthetic_fallback" (.ci/run's no-shared-data pass).
+PYTEST_ARGS ?=
+
+.PHONY: setup test lint demo dbt airflow bench clean-demo db-stop
 
 setup: $(STAMP)
 
@@ -19,7 +22,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $(STAMP)
 
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -35,3 +38,11 @@ airflow: setup
 
 bench: setup
 	for script in bench/bench_*.py; do $(PY) $$script || exit 1; done
+
+# The demo's trained run, logs and database (on the embedded PostgreSQL); `make demo` starts afresh.
+clean-demo: setup
+	$(PY) demo.py --clean
+
+# Stop the embedded PostgreSQL (.pgdata/) when a command left it running for later ones.
+db-stop: setup
+	$(PY) db.py stop

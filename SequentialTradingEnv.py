@@ -36,9 +36,10 @@ return, sum of risk, sum of cost), a specialist's to its (return, risk, cost, ca
 
 Episodes: ``mode="train"`` starts at a random bar (from bar `decision.history_bars` - 1 on, where
 observations are fully warm, when the data allows) and lasts ``episode_length`` bars;
-``mode="eval"`` plays the whole data once from bar 0. Falling to ``ruin_fraction`` of the initial
-capital terminates every agent; the end of an episode truncates them. ``reset(seed=...)`` makes the
-trajectory reproducible bit for bit (the only randomness is the start bar).
+``mode="eval"`` plays the whole data once from bar ``first_bar`` (default 0). Falling to
+``ruin_fraction`` of the initial capital terminates every agent; the end of an episode truncates
+them. ``reset(seed=...)`` makes the trajectory reproducible bit for bit (the only randomness is the
+start bar).
 
 No look-ahead: every observation at bar t is a function of the data up to the close of bar t: of
 bars t-history_bars+1..t only (`decision`: rolling z-scores over a fixed window, computed for the
@@ -142,7 +143,8 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention for the un
     standard PettingZoo wrapper, or directly for speed (no per-call order checks).
 
     ``data``: a `MarketData`, a data-source mapping for `market_data.load`, or None (a small
-    synthetic market). ``mode``: ``"train"`` or ``"eval"``. Other keywords: `ENV_DEFAULTS` keys.
+    synthetic market). ``mode``: ``"train"`` or ``"eval"``; ``first_bar``: the bar an eval episode
+    starts at (e.g. the first warm one, `decision.history_bars` - 1). Other keywords: `ENV_DEFAULTS`.
     """
 
     metadata = {
@@ -156,6 +158,7 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention for the un
         data: MarketData | Mapping[str, Any] | None = None,
         mode: str = "train",
         render_mode: str | None = None,
+        first_bar: int = 0,
         **config: Any,
     ) -> None:
         super().__init__()
@@ -176,12 +179,16 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention for the un
             raise ConfigError(f"the env needs at least 2 bars of data, got {data.n_bars}")
         self.data: MarketData = data
         self.mode = mode
+        if not 0 <= int(first_bar) < data.n_bars - 1:
+            raise ConfigError(f"first_bar must be in [0, {data.n_bars - 1}), got {first_bar}")
+        self.first_bar = int(first_bar)
         self.render_mode = render_mode
         self.symbols = list(data.symbols)
         n = self.n_pairs = data.n_pairs
 
         # ---- what the agents observe, from the decision core (computed once for every bar)
         self.observed = observed = MarketObservations(data, cfg)
+        self._observe_meta, self._observe_specialist = observed.meta, observed.specialist
         self.feature_names = observed.feature_names
         self.clip = float(cfg["normalization"]["clip"])
         self.window = int(cfg["window"])
@@ -271,7 +278,7 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention for the un
             self._rng, _ = seeding.np_random(seed)
         steps = self.data.n_bars
         if self.mode == "eval":
-            start, stop = 0, steps - 1
+            start, stop = self.first_bar, steps - 1
         else:
             length = min(self._episode_length, steps - 1)
             lowest = min(self._warmup, steps - 1 - length)
@@ -299,9 +306,9 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention for the un
 
     def observe(self, agent: str) -> np.ndarray:
         if agent == META:
-            return self.observed.meta(self.bar, self._calls, self._weights)
+            return self._observe_meta(self.bar, self._calls, self._weights)
         i = self._pair_of[agent]
-        return self.observed.specialist(i, self.bar, self._weights[i])
+        return self._observe_specialist(i, self.bar, self._weights[i])
 
     def step(self, action: Any) -> None:
         agent = self.agent_selection

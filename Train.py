@@ -34,9 +34,6 @@ saved run with `decision.load_policy`, no Ray needed), `backtest` (the episode l
 from __future__ import annotations
 
 import argparse
-import copy
-import datetime as dt
-import hashlib
 import json
 import logging
 import shutil
@@ -47,262 +44,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
+import console
+import run_files
 import training
-from market_arrays import MarketData
-from settings import CONFIG_DIR, PROJECT_ROOT, ConfigError, check_keys, load_yaml, merge
+from run_config import (  # noqa: F401  (re-exported: callers say Train.load_config etc.)
+    SPLITS,
+    get_path,
+    load_config,
+    set_path,
+    split_ranges_ms,
+    validate_config,
+)
+from run_files import (  # noqa: F401  (re-exported)
+    LOGS,
+    SAVED_MODELS,
+    RunPaths,
+    _save_checkpoint,
+    _write_json,
+    build_manifest,
+    data_hash,
+    default_run_id,
+)
+from settings import ConfigError
 from training import Splits
 
 log = logging.getLogger("train")
-
-DEFAULT_CONFIG = CONFIG_DIR / "train.yaml"
-ENV_CONFIG = CONFIG_DIR / "env.yaml"
-SAVED_MODELS = PROJECT_ROOT / "saved_models"
-LOGS = PROJECT_ROOT / "logs"
-SPLITS = ("train", "validation", "test")
-META_NETWORKS = ("mlp", "pair_shared")  # model.meta_network: see meta_module.py
-RLLIB_ENV_KINDS = ("two_phase", "pettingzoo")  # resources.rllib_env: see rllib_env.for_rllib
-VALIDATION_METRICS = ("sharpe", "log_growth", "total_return", "sortino", "calmar", "cagr")
-
-
-# ----------------------------------------------------------------------------------------------
-# Configuration
-# ----------------------------------------------------------------------------------------------
-
-
-def set_path(cfg: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
-    """Return a copy of ``cfg`` with ``a.b.c`` set to ``value``; every level must already exist."""
-    out = copy.deepcopy(cfg)
-    node = out
-    keys = dotted.split(".")
-    for depth, key in enumerate(keys):
-        if not isinstance(node, dict) or key not in node:
-            where = ".".join(keys[:depth]) or "<top>"
-            allowed = sorted(node) if isinstance(node, dict) else []
-            raise ConfigError(f"unknown key {key!r} in {where} (from {dotted!r}); allowed keys are {allowed}")
-        if depth == len(keys) - 1:
-            node[key] = value
-        else:
-            node = node[key]
-    return out
-
-
-def get_path(cfg: dict[str, Any], dotted: str) -> Any:
-    node: Any = cfg
-    for key in dotted.split("."):
-        node = node[key]
-    return node
-
-
-def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
-    """``["ppo.lr=1e-4", "model.specialist_hiddens=[32, 32]"]`` -> [(key, parsed YAML value), ...]."""
-    out = []
-    for item in pairs:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. ppo.lr=1e-4), got {item!r}")
-        key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
-        if isinstance(value, str):
-            try:  # YAML 1.1 reads 1e-4 (no dot) as a string; on the command line it means a number
-                value = float(value)
-            except ValueError:
-                pass
-        out.append((key.strip(), value))
-    return out
-
-
-def _parse_date_ms(value: Any, where: str) -> int:
-    """A UTC date or datetime ('2021-01-01', '2021-01-01T12:00') as epoch milliseconds."""
-    from market_data import to_ms
-
-    try:
-        return int(to_ms(value))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {value!r} is not a date (use YYYY-MM-DD, UTC)") from exc
-
-
-def split_ranges_ms(cfg: dict[str, Any]) -> dict[str, tuple[int, int]]:
-    """The train/validation/test [start, end) ranges in ms, checked: start < end, no overlaps."""
-    ranges: dict[str, tuple[int, int]] = {}
-    splits = cfg["data"]["splits"]
-    for name in SPLITS:
-        spec = splits[name]
-        check_keys(spec, {"start", "end"}, f"data.splits.{name}")
-        start = _parse_date_ms(spec.get("start"), f"data.splits.{name}.start")
-        end = _parse_date_ms(spec.get("end"), f"data.splits.{name}.end")
-        if start >= end:
-            raise ConfigError(f"data.splits.{name}: start {spec['start']} must be before end {spec['end']}")
-        ranges[name] = (start, end)
-    ordered = sorted(ranges.items(), key=lambda item: item[1][0])
-    for (name_a, (_, end_a)), (name_b, (start_b, _)) in zip(ordered, ordered[1:], strict=False):
-        if start_b < end_a:
-            raise ConfigError(
-                f"data.splits.{name_a} and data.splits.{name_b} overlap: {name_b} starts before "
-                f"{name_a} ends; splits must be disjoint date ranges"
-            )
-    return ranges
-
-
-def validate_config(cfg: dict[str, Any]) -> None:
-    """Value checks the key checks of `settings.merge` cannot do; raise ConfigError naming the key."""
-    split_ranges_ms(cfg)
-    run, ppo, val = cfg["run"], cfg["ppo"], cfg["validation"]
-    positive_ints = {
-        "run.iterations": run["iterations"],
-        "validation.every_iterations": val["every_iterations"],
-        "ppo.train_batch_size": ppo["train_batch_size"],
-        "ppo.minibatch_size": ppo["minibatch_size"],
-        "ppo.num_epochs": ppo["num_epochs"],
-        "resources.num_envs_per_env_runner": cfg["resources"]["num_envs_per_env_runner"],
-    }
-    for key, value in positive_ints.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-    for key in ("lr", "gamma", "lambda", "clip_param"):
-        value = ppo[key]
-        if not isinstance(value, (int, float)) or not value > 0:
-            raise ConfigError(f"ppo.{key} must be a positive number, got {value!r}")
-    if ppo["gamma"] > 1 or ppo["lambda"] > 1:
-        raise ConfigError("ppo.gamma and ppo.lambda must be in (0, 1]")
-    if val["metric"] not in VALIDATION_METRICS:
-        raise ConfigError(f"validation.metric {val['metric']!r} unknown; choose one of {VALIDATION_METRICS}")
-    for key in ("specialist_hiddens", "meta_hiddens"):
-        hidden = cfg["model"][key]
-        if not (isinstance(hidden, list) and hidden and all(isinstance(h, int) and h > 0 for h in hidden)):
-            raise ConfigError(f"model.{key} must be a non-empty list of positive layer sizes, got {hidden!r}")
-    if cfg["resources"]["rllib_env"] not in RLLIB_ENV_KINDS:
-        raise ConfigError(
-            f"resources.rllib_env must be one of {RLLIB_ENV_KINDS}, got {cfg['resources']['rllib_env']!r}"
-        )
-    log_std = cfg["model"]["meta_log_std_init"]
-    if log_std is not None and not isinstance(log_std, (int, float)):
-        raise ConfigError(f"model.meta_log_std_init must be a number or null, got {log_std!r}")
-    if cfg["model"]["meta_network"] not in META_NETWORKS:
-        raise ConfigError(
-            f"model.meta_network must be one of {META_NETWORKS}, got {cfg['model']['meta_network']!r}"
-        )
-    clip = cfg["model"]["meta_log_std_clip"]
-    if clip is not None and (not isinstance(clip, (int, float)) or clip <= 0):
-        raise ConfigError(f"model.meta_log_std_clip must be a positive number or null, got {clip!r}")
-    if clip is not None and log_std is not None and abs(log_std) > clip:
-        raise ConfigError(f"model.meta_log_std_init {log_std} lies outside +-meta_log_std_clip {clip}")
-    if not isinstance(cfg["resources"]["env_infos"], bool):
-        raise ConfigError(f"resources.env_infos must be true or false, got {cfg['resources']['env_infos']!r}")
-    runners = cfg["resources"]["num_env_runners"]
-    if runners != "auto" and (not isinstance(runners, int) or runners < 0):
-        raise ConfigError(f"resources.num_env_runners must be 'auto' or an integer >= 0, got {runners!r}")
-
-
-def default_config() -> dict[str, Any]:
-    """configs/train.yaml with its ``env`` section laid over configs/env.yaml (the env's defaults)."""
-    cfg = load_yaml(DEFAULT_CONFIG)
-    if ENV_CONFIG.exists():
-        cfg["env"] = merge(load_yaml(ENV_CONFIG), cfg.get("env") or {}, f"{DEFAULT_CONFIG.name}: env")
-    return cfg
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Defaults, then the file at ``path`` (any subset of the keys), then ``KEY=VALUE`` overrides.
-
-    Unknown keys anywhere are a ConfigError naming them; values are validated (`validate_config`).
-    """
-    cfg = default_config()
-    if path is not None and Path(path).resolve() != DEFAULT_CONFIG.resolve():
-        user = load_yaml(path)
-        # The data source is one mapping whose keys depend on its kind (market_data.load checks
-        # them): a file's source replaces the default one instead of being merged into it.
-        source = (user.get("data") or {}).pop("source", None) if isinstance(user.get("data"), dict) else None
-        cfg = merge(cfg, user, str(path))
-        if source is not None:
-            cfg["data"]["source"] = source
-    # Resolve the env section (all its defaults filled in) before and after the --set overrides, so
-    # that any env key can be overridden and the saved config is complete.
-    cfg["env"] = resolve_env_config(cfg["env"])
-    for key, value in parse_overrides(overrides or []):
-        cfg = set_path(cfg, key, value)
-    cfg["env"] = resolve_env_config(cfg["env"])
-    validate_config(cfg)
-    return cfg
-
-
-def resolve_env_config(env_cfg: dict[str, Any]) -> dict[str, Any]:
-    """The env's own validation and defaults (`SequentialTradingEnv.resolve_config`)."""
-    import SequentialTradingEnv
-
-    if not isinstance(env_cfg, dict):
-        raise ConfigError(f"env must be a mapping of env settings, got {env_cfg!r}")
-    return SequentialTradingEnv.resolve_config(env_cfg)
-
-
-# ----------------------------------------------------------------------------------------------
-# Run files
-# ----------------------------------------------------------------------------------------------
-
-
-def data_hash(data: MarketData) -> str:
-    """sha256 over the arrays the agents learn from (times, OHLCV, features), in a fixed order."""
-    digest = hashlib.sha256()
-    for array in (data.open_time_ms, data.open, data.high, data.low, data.close, data.volume, data.features):
-        digest.update(np.ascontiguousarray(array).tobytes())
-    digest.update(json.dumps([data.symbols, data.timeframe, data.feature_names]).encode())
-    return digest.hexdigest()
-
-
-def build_manifest(cfg: dict[str, Any], splits: Splits) -> dict[str, Any]:
-    """What the run was trained on; performance.py refuses data that does not match it."""
-    train = splits.train
-    out: dict[str, Any] = {
-        "symbols": list(train.symbols),
-        "timeframe": train.timeframe,
-        "feature_names": list(train.feature_names),
-        "source": cfg["data"]["source"],
-        "splits": {},
-        "train_hash": data_hash(train),
-    }
-    for name in SPLITS:
-        part = splits[name]
-        out["splits"][name] = {
-            "start": cfg["data"]["splits"][name]["start"],
-            "end": cfg["data"]["splits"][name]["end"],
-            "first_open_time_ms": int(part.open_time_ms[0]),
-            "last_open_time_ms": int(part.open_time_ms[-1]),
-            "rows": part.n_bars,
-        }
-    return out
-
-
-@dataclass
-class RunPaths:
-    run_id: str
-    run_dir: Path
-    log_dir: Path
-
-    @classmethod
-    def make(cls, run_id: str, saved_root: Path = SAVED_MODELS, logs_root: Path = LOGS) -> RunPaths:
-        return cls(run_id, Path(saved_root) / run_id, Path(logs_root) / run_id)
-
-
-def default_run_id() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
-    tmp.replace(path)
-
-
-def _save_checkpoint(algo: Any, target: Path) -> None:
-    """Write to a sibling dir first so a crash never leaves a half-written checkpoint in place."""
-    tmp = target.with_name(target.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    algo.save_to_path(str(tmp.resolve()))
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
 
 
 @dataclass
@@ -411,8 +179,7 @@ def _write_run_config(cfg: dict[str, Any], paths: RunPaths, splits: Splits, resu
         old = json.loads((paths.run_dir / "manifest.json").read_text())
         if old["train_hash"] != manifest["train_hash"]:
             raise ConfigError("--resume: the training data changed since the run started (hash differs)")
-    (paths.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    _write_json(paths.run_dir / "manifest.json", manifest)
+    run_files.write_run_start(paths.run_dir, cfg, manifest)
 
 
 def _final_metrics(paths: RunPaths, state: dict[str, Any], metric: str, started: float) -> dict[str, Any]:
@@ -568,20 +335,30 @@ def main(argv: list[str] | None = None) -> int:
             saved = paths.run_dir / "config.yaml"
             if not saved.exists():
                 raise ConfigError(f"--resume: no saved run at {paths.run_dir}")
+            # A damaged config.yaml would otherwise be completed from the defaults without a word.
+            run_files.verify_run(paths.run_dir, required=run_files.RESUME_FILES)
             cfg = load_config(saved, args.set)
         else:
             cfg = load_config(args.config, args.set)
             paths = RunPaths.make(args.run_id or default_run_id(), args.saved_models, args.logs)
+        # Everything that can be refused is refused here, before a directory is made or Ray starts:
+        # the data loads, and the env builds once on the train split (portfolio, features, rules).
+        try:
+            splits = training.cached_splits(cfg)
+            training.make_env(cfg, splits.train, mode="train").close()
+        except (OSError, ValueError) as exc:  # ConfigError included
+            raise ConfigError(str(exc) if isinstance(exc, ConfigError) else f"data or env: {exc}") from exc
         if args.tune:
             result = tune_run(cfg, paths, address=args.address)
         else:
-            result = train(cfg, paths, resume=args.resume, address=args.address)
+            result = train(cfg, paths, resume=args.resume, address=args.address, splits=splits)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     print(
         f"run {result.run_id} saved in {result.run_dir}: {result.iterations} iterations, best validation "
-        f"{cfg['validation']['metric']} {result.best_score} at iteration {result.best_iteration}"
+        f"{cfg['validation']['metric']} {console.number(result.best_score)} at iteration "
+        f"{result.best_iteration}"
     )
     return 0
 

@@ -245,7 +245,10 @@ def play_policy(
         value, weights = close_weights(pf.qty, pf.cash, close[t + 1])
         if value <= ruin_value:
             break
-    return rec.record()
+    record = rec.record()
+    # What the agents observed of the market (features part) on the recorded bars, for audits.
+    record.extra["observed_features"] = observed.features[first_bar : first_bar + len(record.equity)]
+    return record
 
 
 def score_equity(equity: np.ndarray, timeframe: str) -> dict[str, float]:

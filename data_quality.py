@@ -20,6 +20,7 @@ import argparse
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -51,7 +52,7 @@ class QualityReport:
         return not self.issues
 
     def summary(self) -> str:
-        from orchestration import format_ms
+        from settings import format_ms
 
         lines = [f"data quality at {format_ms(self.end_ms)}: {len(self.checked)} series checked, "
                  f"{len(self.issues)} issue(s)"]
@@ -77,7 +78,7 @@ def check_market_data(
     """Check every (symbol, timeframe) in ``series`` as of ``end_ms``; never raises on findings."""
     import db
     from binance import timeframe_ms
-    from orchestration import format_ms
+    from settings import format_ms
 
     report = QualityReport(end_ms=end_ms)
     with engine.connect() as conn:
@@ -128,6 +129,23 @@ def assert_quality(report: QualityReport) -> QualityReport:
     return report
 
 
+def run_quality_check(config: Any, end_ms: int) -> dict[str, Any]:
+    """Run `check_market_data` over every configured series as of ``end_ms``; raise if any issue.
+    ``config``: an `orchestration.PipelineConfig` (the ingest DAG's quality task).
+
+    Every configured pair is checked, including one whose fetch failed in this run: if its data is
+    now stale the gate fails loudly and names it.
+    """
+    import db
+
+    report = check_market_data(
+        db.get_engine(), config.exchange, [(p, t) for p in config.pairs for t in config.timeframes],
+        end_ms, max_lag_bars=config.max_lag_bars, gap_lookback_bars=config.gap_lookback_bars,
+    )
+    assert_quality(report)
+    return {"end_ms": end_ms, "checked": len(report.checked), "newest_ms": report.newest_ms}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--end", help="reference time (ISO, UTC; default now)")
@@ -136,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     import db
-    from orchestration import load_config, parse_time_ms
+    from orchestration import load_config
+    from settings import parse_time_ms
 
     config = load_config()
     end_ms = parse_time_ms(args.end) if args.end else int(time.time() * 1000)

@@ -4,19 +4,28 @@ Connection: ``DATABASE_URL`` (environment or ``.env``) names the server. When it
 embedded PostgreSQL 16 (the ``pgserver`` package) is started in ``PGSERVER_DATA_DIR`` (default
 ``.pgdata/`` in the project), so a fresh machine needs no database install.
 
+Lifecycle of the embedded server: it keeps running after the process that started it ends, so
+dbt, Airflow tasks and other processes can share it. `embedded_session` stops it on exit when the
+session started it (``make demo`` and the test suite do this); ``python db.py stop`` (``make
+db-stop``) stops one left running by any other entry point.
+
 Usage:
     python db.py migrate        # apply Alembic migrations (also done automatically on first use)
     python db.py url            # print the resolved database URL (password masked)
+    python db.py stop           # stop the embedded PostgreSQL if it is running (make db-stop)
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import io
 import logging
+import os
 import threading
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +39,7 @@ from sqlalchemy.engine import Engine
 from settings import PROJECT_ROOT, env
 
 log = logging.getLogger(__name__)
+logging.getLogger("pgserver").setLevel(logging.WARNING)  # its INFO lines echo every pg_ctl call
 
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
 # One advisory-lock key for migrations, so concurrent first uses (Airflow mapped tasks) serialize.
@@ -39,18 +49,95 @@ _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 
 
+@contextlib.contextmanager
+def _quiet_platformdirs() -> Iterator[None]:
+    # pgserver asks platformdirs for a runtime dir at import; without XDG_RUNTIME_DIR (containers,
+    # CI) that warns on every entry point although the /tmp fallback it uses works.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        yield
+
+
+def embedded_data_dir(data_dir: str | Path | None = None) -> Path:
+    """The embedded server's data folder: ``data_dir``, else ``PGSERVER_DATA_DIR``, else ``.pgdata/``."""
+    return Path(data_dir or env("PGSERVER_DATA_DIR", str(PROJECT_ROOT / ".pgdata"))).resolve()
+
+
 def embedded_url(data_dir: str | Path | None = None, database: str = "postgres") -> str:
     """Start (or reuse) the embedded PostgreSQL server and return its SQLAlchemy URL."""
-    import pgserver  # imported lazily: only needed when no DATABASE_URL is configured
+    with _quiet_platformdirs():
+        import pgserver  # imported lazily: only needed when no DATABASE_URL is configured
 
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
-
-    folder = Path(data_dir or env("PGSERVER_DATA_DIR", str(PROJECT_ROOT / ".pgdata")))
+    folder = embedded_data_dir(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    if not embedded_running(folder):  # stopped by another process (`db.py stop`) since we started it
+        _forget_handle(folder)
     # cleanup_mode=None keeps the server running for other processes (dbt, Airflow, tests).
     server = pgserver.get_server(folder, cleanup_mode=None)
     uri = server.get_uri(database)  # postgresql://postgres:@/db?host=/path/to/socket
     return uri.replace("postgresql://", "postgresql+psycopg2://", 1)
+
+
+def _postmaster(data_dir: str | Path | None = None) -> Any:
+    """pgserver's view of the server running on ``data_dir``, or None when none is running."""
+    with _quiet_platformdirs():
+        from pgserver.utils import PostmasterInfo
+
+    folder = embedded_data_dir(data_dir)
+    info = PostmasterInfo.read_from_pgdata(folder) if folder.is_dir() else None
+    return info if info is not None and info.is_running() else None
+
+
+def embedded_running(data_dir: str | Path | None = None) -> bool:
+    """True when an embedded server is running on ``data_dir`` (see `embedded_data_dir`)."""
+    return _postmaster(data_dir) is not None
+
+
+def stop_embedded(data_dir: str | Path | None = None) -> bool:
+    """Stop the embedded server on ``data_dir`` (fast shutdown: open sessions are ended).
+
+    Returns False when none was running. Engines this process holds on it are disposed first.
+    """
+    info = _postmaster(data_dir)
+    if info is None:
+        return False
+    from pgserver import _commands
+
+    folder = embedded_data_dir(data_dir)
+    socket = f"host={info.socket_dir}" if info.socket_dir is not None else f":{info.port}/"
+    with _engines_lock:
+        for url in [u for u in _engines if socket in u]:
+            _engines.pop(url).dispose()
+    handle = _forget_handle(folder)
+    # pgserver runs postgres as its own system user when we are root; pg_ctl must run as that user.
+    user = handle.system_user if handle is not None else ("pgserver" if os.geteuid() == 0 else None)
+    _commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=folder, user=user)
+    return True
+
+
+def _forget_handle(folder: Path) -> Any:
+    """Drop this process's pgserver handle of ``folder`` (stale once its server stopped), so a
+    later `embedded_url` starts a new server instead of returning the old socket; returns it."""
+    from pgserver.postgres_server import PostgresServer
+
+    handle = PostgresServer._instances.pop(folder, None)
+    if handle is not None:
+        atexit.unregister(handle._cleanup)
+        handle.global_process_id_list.get_and_remove(os.getpid())
+    return handle
+
+
+@contextlib.contextmanager
+def embedded_session() -> Iterator[None]:
+    """Stop the embedded PostgreSQL on exit when it was not running on entry: what a session
+    starts, it stops. A server that was already running (or none at all) is left as it was."""
+    owns = not embedded_running()
+    try:
+        yield
+    finally:
+        if owns and embedded_running():
+            stop_embedded()
+            log.info("stopped the embedded PostgreSQL in %s", embedded_data_dir())
 
 
 def database_url() -> str:
@@ -70,15 +157,71 @@ def masked(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+class DatabaseUnavailable(RuntimeError):
+    """The database server cannot be reached; the message names the URL (password masked), the
+    driver's reason and what to check."""
+
+
+def error_summary(exc: BaseException) -> str:
+    """A database error in one line: the driver's own message, without SQLAlchemy's SQL and link."""
+    driver_error = getattr(exc, "orig", None) or exc
+    return f"{type(driver_error).__name__}: {' '.join(str(driver_error).split())}"[:400]
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) says the database connection failed or was lost."""
+    import psycopg2
+    from sqlalchemy import exc as sa_exc
+
+    kinds = (DatabaseUnavailable, sa_exc.OperationalError, sa_exc.InterfaceError,
+             psycopg2.OperationalError, psycopg2.InterfaceError)
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        if isinstance(current, kinds):
+            return True
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def unavailable(url: str, exc: BaseException) -> DatabaseUnavailable:
+    """The :class:`DatabaseUnavailable` to raise for ``exc`` on ``url``."""
+    fix = ("check that PostgreSQL is running there and accepts this user, or fix DATABASE_URL "
+           "(unset, the project starts its own embedded PostgreSQL)")
+    return DatabaseUnavailable(f"cannot reach the database {masked(url)}: {error_summary(exc)}; {fix}")
+
+
+def check_connection(engine: Engine) -> None:
+    """Raise :class:`DatabaseUnavailable` unless ``engine``'s server answers a query now."""
+    from sqlalchemy import exc as sa_exc
+
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except sa_exc.DBAPIError as exc:
+        raise unavailable(engine.url.render_as_string(hide_password=False), exc) from exc
+
+
 def get_engine(url: str | None = None, migrate: bool = True) -> Engine:
-    """A pooled engine for ``url`` (default: :func:`database_url`), migrated on first use."""
+    """A pooled engine for ``url`` (default: :func:`database_url`), migrated on first use.
+
+    Raises :class:`DatabaseUnavailable` (one line naming the server and the cause) when the server
+    cannot be reached.
+    """
+    from sqlalchemy import exc as sa_exc
+
     url = url or database_url()
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:
             engine = create_engine(url, pool_pre_ping=True, future=True)
             if migrate:
-                migrate_schema(engine)
+                try:
+                    migrate_schema(engine)
+                except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+                    engine.dispose()
+                    raise unavailable(url, exc) from exc
             _engines[url] = engine
     return engine
 
@@ -256,6 +399,12 @@ def write_candles(engine: Engine, exchange: str, symbol: str, timeframe: str, ro
                 (exchange, symbol, timeframe),
             )
             return appended + cursor.rowcount
+        except psycopg2.OperationalError:
+            # The server ended the session (backend killed, restart, network). The raw cursor bypasses
+            # SQLAlchemy, so it would try to roll back on the dead connection and replace this root
+            # cause with "connection already closed": discard the connection first.
+            conn.invalidate()
+            raise
         finally:
             cursor.close()
 
@@ -475,9 +624,15 @@ def load_market(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("command", choices=["migrate", "url"])
+    parser.add_argument("command", choices=["migrate", "url", "stop"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.command == "stop":
+        folder = embedded_data_dir()
+        stopped = stop_embedded()
+        print(f"stopped the embedded PostgreSQL in {folder}" if stopped
+              else f"no embedded PostgreSQL running in {folder}")
+        return 0
     url = database_url()
     if args.command == "migrate":
         get_engine(url)

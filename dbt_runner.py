@@ -139,6 +139,9 @@ def run_dbt(args: Sequence[str], url: str | None = None, quiet: bool = False) ->
 
     environment = dbt_env(url)
     environment.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+    # No ANSI colour codes in logs/dbt/dbt.log, nor on a console that is not a terminal.
+    environment.setdefault("DBT_USE_COLORS_FILE", "false")
+    environment.setdefault("DBT_USE_COLORS", "true" if sys.stdout.isatty() else "false")
     # One target folder (compiled SQL, manifest, partial-parse cache) per database, and runs on a
     # database serialized across processes: concurrent invocations (Airflow tasks, tests) would
     # otherwise overwrite each other's artifacts mid-run.

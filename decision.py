@@ -34,7 +34,6 @@ the action bounds exactly as RLlib's env runner does).
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
 from collections.abc import Mapping, Sequence
@@ -376,29 +375,36 @@ class MarketObservations:
             if kind != rules_mod.LEARNED:
                 self.rule_calls[:, i] = rules_mod.compute_calls(kind, data, env_cfg["rules"].get(kind))[:, i]
 
+        # The layout's slices resolved once: the env observes several times per bar.
+        lay = self.layout
+        self._window = w
+        self._spec_size, self._spec_features, self._spec_weight = (
+            lay.specialist_size, lay.specialist_features, lay.specialist_weight
+        )
+        self._meta_size, self._meta_features, self._meta_calls, self._meta_weights = (
+            lay.meta_size, lay.meta_features, lay.meta_calls, lay.meta_weights
+        )
+
     def specialist(self, pair: int, t: int, weight: float) -> np.ndarray:
         """Pair ``pair``'s specialist observation at bar ``t`` given its current weight."""
-        lay = self.layout
-        obs = np.empty(lay.specialist_size, dtype=np.float32)
-        obs[lay.specialist_features] = self.windows[pair, t : t + lay.window].reshape(-1)
-        obs[lay.specialist_weight] = weight
+        obs = np.empty(self._spec_size, dtype=np.float32)
+        obs[self._spec_features] = self.windows[pair, t : t + self._window].reshape(-1)
+        obs[self._spec_weight] = weight
         return obs
 
     def specialists(self, pairs: Sequence[int], t: int, weights: np.ndarray) -> np.ndarray:
         """[K, D] observations of the specialists of ``pairs`` at bar ``t`` (one batch)."""
-        lay = self.layout
-        obs = np.empty((len(pairs), lay.specialist_size), dtype=np.float32)
-        obs[:, lay.specialist_features] = self.windows[pairs, t : t + lay.window].reshape(len(pairs), -1)
-        obs[:, lay.specialist_weight] = weights[list(pairs)]
+        obs = np.empty((len(pairs), self._spec_size), dtype=np.float32)
+        obs[:, self._spec_features] = self.windows[pairs, t : t + self._window].reshape(len(pairs), -1)
+        obs[:, self._spec_weight] = weights[list(pairs)]
         return obs
 
     def meta(self, t: int, calls: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """The meta-agent's observation at bar ``t`` given this bar's calls and the current weights."""
-        lay = self.layout
-        obs = np.empty(lay.meta_size, dtype=np.float32)
-        obs[lay.meta_features] = self.features[t].reshape(-1)
-        obs[lay.meta_calls] = calls
-        obs[lay.meta_weights] = weights
+        obs = np.empty(self._meta_size, dtype=np.float32)
+        obs[self._meta_features] = self.features[t].reshape(-1)
+        obs[self._meta_calls] = calls
+        obs[self._meta_weights] = weights
         return obs
 
 
@@ -661,25 +667,19 @@ class Decision:
 MODULE_IDS = ("specialist", "meta")
 
 
-def module_state_path(run_dir: str | Path, module_id: str) -> Path:
-    """Where RLlib saves module ``module_id``'s weights inside a run's best checkpoint."""
-    modules = Path(run_dir) / "checkpoint" / "learner_group" / "learner" / "rl_module"
+def module_state_path(run_dir: str | Path, module_id: str, checkpoint: str = "checkpoint") -> Path:
+    """Where RLlib saves module ``module_id``'s weights in a run's checkpoint (the best by default;
+    ``latest`` is what --resume continues)."""
+    modules = Path(run_dir) / checkpoint / "learner_group" / "learner" / "rl_module"
     return modules / module_id / "module_state.pkl"
 
 
 def load_run_files(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(resolved config, manifest) of a saved run; FileNotFoundError/ValueError name what is wrong."""
-    import yaml
+    """(resolved config, manifest) of a saved run, its files verified against their checksums
+    (`run_files.read_run`); FileNotFoundError / ValueError name what is missing or damaged."""
+    import run_files
 
-    run_dir = Path(run_dir)
-    for name in ("config.yaml", "manifest.json", "checkpoint"):
-        if not (run_dir / name).exists():
-            raise FileNotFoundError(f"{run_dir} is not a saved run: {name} is missing")
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    if not isinstance(cfg, dict) or not isinstance(manifest, dict):
-        raise ValueError(f"{run_dir}: config.yaml or manifest.json is empty or not a mapping")
-    return cfg, manifest
+    return run_files.read_run(run_dir)
 
 
 def load_policy(run_dir: str | Path) -> Policy:

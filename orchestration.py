@@ -21,12 +21,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from settings import (  # noqa: F401  (parse_time_ms re-exported for the DAGs)
+from settings import (  # noqa: F401  (parse_time_ms and format_ms re-exported for the DAGs)
     CONFIG_DIR,
     ConfigError,
     check_keys,
     data_config,
     env,
+    format_ms,
     load_yaml,
     merge,
     parse_time_ms,
@@ -153,13 +154,6 @@ def load_config(path: str | Path | None = None) -> PipelineConfig:
     )
 
 
-
-
-def format_ms(ts_ms: int | None) -> str:
-    """A readable UTC timestamp for logs and reports."""
-    if ts_ms is None:
-        return "-"
-    return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def plan_ingest(
@@ -292,23 +286,6 @@ def run_dbt_build(config: PipelineConfig) -> None:
 
     log.info("dbt %s", " ".join(config.dbt_build_args))
     dbt_runner.run_dbt(list(config.dbt_build_args))
-
-
-def run_quality_check(config: PipelineConfig, end_ms: int) -> dict[str, Any]:
-    """Run :mod:`data_quality` over every configured series as of ``end_ms``; raise if any issue.
-
-    Every configured pair is checked, including one whose fetch failed in this run: if its data is
-    now stale the gate fails loudly and names it.
-    """
-    import data_quality
-    import db
-
-    report = data_quality.check_market_data(
-        db.get_engine(), config.exchange, [(p, t) for p in config.pairs for t in config.timeframes],
-        end_ms, max_lag_bars=config.max_lag_bars, gap_lookback_bars=config.gap_lookback_bars,
-    )
-    data_quality.assert_quality(report)
-    return {"end_ms": end_ms, "checked": len(report.checked), "newest_ms": report.newest_ms}
 
 
 def summarize_chunks(chunks: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+import console
 import decision
 import metrics
 from backtest import BacktestRecord, Recorder, make_portfolio, play_policy, simulate_targets  # noqa: F401
@@ -82,7 +83,7 @@ _PERCENT_METRICS = {"total_return", "cagr", "annual_volatility", "max_drawdown",
 def format_value(metric: str, value: float) -> str:
     """One metric for people: fractions as percentages, counts and ratios with 3 decimals."""
     if not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return console.MISSING if math.isnan(value) else ("inf" if value > 0 else "-inf")  # undefined
     if metric in _PERCENT_METRICS:
         return f"{100 * value:.2f}%"
     if metric == "max_drawdown_duration_bars":
@@ -90,11 +91,12 @@ def format_value(metric: str, value: float) -> str:
     return f"{value:,.3f}"
 
 
-def format_table(table: Mapping[str, Mapping[str, float]]) -> str:
-    """A plain-text table: one row per metric, one column per strategy."""
+def format_table(table: Mapping[str, Mapping[str, float]], title: str | None = None) -> str:
+    """A plain-text table: one row per metric, one column per strategy, under ``title`` if given."""
     names = list(table)
     width = max(12, *(len(n) for n in names)) + 2
-    lines = ["metric".ljust(28) + "".join(n.rjust(width) for n in names)]
+    lines = [title] if title else []
+    lines.append("metric".ljust(28) + "".join(n.rjust(width) for n in names))
     for metric in metrics.METRIC_NAMES:
         cells = "".join(format_value(metric, table[n][metric]).rjust(width) for n in names)
         lines.append(metric.ljust(28) + cells)
@@ -214,6 +216,7 @@ def write_report(
     close: np.ndarray,
     title: str = "Backtest",
     notes: Mapping[str, Any] | None = None,
+    data_source: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Write metrics.json, equity.csv, the PNG figures and report.html into ``out_dir``.
 
@@ -228,7 +231,7 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = metrics_table(records, periods)
-    payload: dict[str, Any] = {"periods_per_year": periods}
+    payload: dict[str, Any] = {"periods_per_year": periods, "data_source": data_source}
     payload.update({name: {k: _finite_or_none(v) for k, v in row.items()} for name, row in table.items()})
     (out / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
     write_equity_csv(out / "equity.csv", records)
@@ -304,6 +307,26 @@ def check_manifest(manifest: Mapping[str, Any], market: MarketData) -> None:
         )
 
 
+def check_split_data(
+    manifest: Mapping[str, Any], split: str | None, market: MarketData, allow_change: bool = False
+) -> list[str]:
+    """Refuse bars of one of the run's splits that differ from what the manifest recorded at training
+    (a re-ingest, a backfill, other CSV files), naming what changed; ``allow_change`` (the
+    ``--allow-data-change`` flag) returns the changes instead. ``split=None`` (--start/--end): nothing
+    to compare with."""
+    import run_files
+
+    changes = [] if split is None else run_files.compare_split(manifest, split, market)
+    if changes and not allow_change:
+        raise BacktestError(
+            f"the {split} split's data differs from what the run recorded at training: "
+            + "; ".join(changes)
+            + ". Backtest the data the run saw (restore the source), or pass --allow-data-change to "
+            "backtest the new data on purpose"
+        )
+    return changes
+
+
 def load_market(
     cfg: Mapping[str, Any], manifest: Mapping[str, Any], data_dir: str | Path | None
 ) -> MarketData:
@@ -374,6 +397,16 @@ class BacktestResult:
     out_dir: Path
     label: str
     timings: dict[str, tuple[float, float]]  # phase -> (wall seconds, CPU seconds of this process)
+    data_source: str = ""  # market_data.describe_source of the bars played
+
+
+def data_source_of(cfg: Mapping[str, Any], manifest: Mapping[str, Any], data_dir: str | Path | None) -> str:
+    """What the backtest plays: the ``--data-dir`` folder, else the data the run was trained on."""
+    import market_data
+
+    if data_dir is not None:
+        return market_data.describe_source({"kind": "csv", "path": str(data_dir)})
+    return manifest.get("data_source") or market_data.describe_source(cfg["data"]["source"])
 
 
 def backtest(
@@ -386,6 +419,7 @@ def backtest(
     data_dir: str | Path | None = None,
     market: MarketData | None = None,
     first_bar: int | None = None,
+    allow_data_change: bool = False,
 ) -> BacktestResult:
     """Backtest the saved run at ``run_dir`` and write its report; see the module docstring.
 
@@ -417,10 +451,16 @@ def backtest(
         full = load_market(cfg, manifest, data_dir)
         check_manifest(manifest, full)
         market, first_bar, label = select_range(cfg, full, split, start, end, policy.history_bars)
+        # The manifest hashed the split itself: compare the traded bars, not the warm-up before them.
+        data_changes = check_split_data(
+            manifest, None if (start or end) else (split or "test"),
+            market.slice_bars(first_bar, market.n_bars), allow_data_change,
+        )
     else:
         check_manifest(manifest, market)
         first_bar = policy.history_bars - 1 if first_bar is None else first_bar
         label = "given bars"
+        data_changes = []
     timings["load data"] = (time.perf_counter() - tick[0], time.process_time() - tick[1])
 
     tick = (time.perf_counter(), time.process_time())
@@ -428,7 +468,7 @@ def backtest(
         agent = play_policy(policy, market, first_bar)
     except ConfigError as exc:
         raise BacktestError(str(exc)) from None
-    timings["agent"] = (time.perf_counter() - tick[0], time.process_time() - tick[1])
+    timings["agent (decisions + accounting)"] = (time.perf_counter() - tick[0], time.process_time() - tick[1])
     played = market.slice_bars(first_bar, first_bar + len(agent.equity))  # ruin ends the episode early
 
     tick = (time.perf_counter(), time.process_time())
@@ -440,10 +480,14 @@ def backtest(
     periods = metrics.periods_per_year(market.timeframe)
     notes = {"run": str(run_dir), "range": label, "portfolio": portfolio_config(cfg) or "env defaults",
              "warm-up": f"{first_bar} bars before the first traded bar (history_bars {policy.history_bars})"}
-    title = f"Backtest of {run_dir.name}"
-    table = write_report(out, records, periods, played.close, title=title, notes=notes)
+    if data_changes:
+        notes["data changed since training (--allow-data-change)"] = "; ".join(data_changes)
+    data_source = data_source_of(cfg, manifest, data_dir)
+    title = f"Backtest of {run_dir.name} on {data_source}"
+    table = write_report(out, records, periods, played.close, title=title, notes=notes,
+                         data_source=data_source)
     timings["metrics and report"] = (time.perf_counter() - tick[0], time.process_time() - tick[1])
-    return BacktestResult(records, table, out, label, timings)
+    return BacktestResult(records, table, out, label, timings, data_source)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -457,17 +501,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="folder of CSV candles (../shared/data format) "
                         "instead of the run's own data source")
     parser.add_argument("--out", default=None, help="output folder (default: logs/NAME/backtest/)")
+    parser.add_argument("--allow-data-change", action="store_true",
+                        help="backtest a split whose data differs from what the run recorded at training")
     args = parser.parse_args(argv)
     if args.end is not None and args.split is not None:
         parser.error("--end goes with --start, not with --split")
     try:
         result = backtest(args.run, args.out, split=args.split, start=args.start, end=args.end,
-                          data_dir=args.data_dir)
+                          data_dir=args.data_dir, allow_data_change=args.allow_data_change)
     except BacktestError as exc:
         print(f"performance.py: refused: {exc}", file=sys.stderr)
         return 2
     agent = result.records["agent"]
-    print(f"{Path(args.run).name} on the {result.label}: {len(agent.equity)} bars, "
+    print(f"{Path(args.run).name} on {result.data_source}, {result.label}: {len(agent.equity)} bars, "
           f"{format_ms(agent.open_time_ms[0])} .. {format_ms(agent.open_time_ms[-1])} UTC")
     print(format_table(result.table))
     print(f"report: {result.out_dir / 'report.html'}")

@@ -42,11 +42,23 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
                 break
     if not candidate.exists():
         raise ConfigError(f"config file {path} not found; pass a path under {CONFIG_DIR}")
-    with candidate.open() as handle:
-        data = yaml.safe_load(handle) or {}
+    try:
+        with candidate.open() as handle:
+            data = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {candidate} is not valid YAML: {yaml_problem(exc)}") from None
+    except ValueError as exc:  # a well-formed but impossible value, e.g. the date 2021-13-01
+        raise ConfigError(f"config file {candidate} holds an impossible value: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {candidate} must hold a mapping at the top level")
     return data
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A parser error in one line: where (line, column, 1-based) and what."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + str(getattr(exc, "problem", None) or exc).replace("\n", " ")
 
 
 def check_keys(section: dict[str, Any], allowed: set[str] | dict[str, Any], where: str) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import backtest
+import console
 import decision
 from market_arrays import MarketData
 from settings import PROJECT_ROOT, ConfigError, env, format_ms
@@ -64,7 +65,9 @@ class Splits:
 def load_splits(cfg: dict[str, Any]) -> Splits:
     """Load the configured market once and cut it into the date splits; an empty split is an error."""
     import market_data
+    from run_config import split_ranges_ms
 
+    split_ranges_ms(cfg)  # clear errors before any data is loaded
     source = copy.deepcopy(cfg["data"]["source"])
     data = market_data.load(source)
     times = data.open_time_ms
@@ -158,6 +161,7 @@ def init_ray(address: str | None, log_dir: Path, num_cpus: int | None = None) ->
 
     if ray.is_initialized():
         return "ray already initialized (e.g. inside a Tune trial)"
+    console.route_library_output(log_dir / "libraries.log")  # Ray's chatter: a file
     address = address or env("RAY_ADDRESS")
     # Workers import Train and SequentialTradingEnv by name: point them at this checkout (on a
     # multi-machine cluster the repository must sit at the same path on every node).
@@ -444,8 +448,8 @@ def format_row(row: dict[str, Any], metric: str) -> str:
     parts = [
         f"iter {row['iteration']:4d}",
         f"{row['agent_steps_per_s']:8.0f} agent-steps/s",
-        f"return specialist {row.get('return_specialist', float('nan')):8.3f}",
-        f"meta {row.get('return_meta', float('nan')):8.3f}",
+        f"return specialist {console.number(row.get('return_specialist'), '.3f', 8)}",
+        f"meta {console.number(row.get('return_meta'), '.3f', 8)}",
     ]
     if "validation_score" in row:
         parts.append(f"validation {metric} {row['validation_score']:.3f}")

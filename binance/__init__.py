@@ -6,7 +6,7 @@
 - :mod:`binance.fake_exchange` serves Binance's market-data REST endpoints locally.
 """
 
-from binance.client import make_exchange
+from binance.client import FAKE_EXCHANGE_COMMAND, api_base_url, make_exchange, network_cause, unreachable_hint
 from binance.symbols import (
     BINANCE_INTERVALS,
     file_stem,
@@ -22,6 +22,10 @@ from binance.symbols import (
 
 __all__ = [
     "BINANCE_INTERVALS",
+    "FAKE_EXCHANGE_COMMAND",
+    "api_base_url",
+    "network_cause",
+    "unreachable_hint",
     "file_stem",
     "floor_to_timeframe",
     "grid_offset_ms",

@@ -90,3 +90,46 @@ def make_exchange(
         "binance client: base=%s testnet=%s keys=%s", base_url or "binance.com", testnet, bool(key and secret)
     )
     return exchange
+
+
+# The local fake exchange's command, named in every "cannot reach the exchange" message.
+FAKE_EXCHANGE_COMMAND = "python -m binance.fake_exchange --port 8765"
+
+
+def api_base_url(client: ccxt.Exchange) -> str:
+    """Scheme and host the client sends market-data requests to, e.g. ``https://api.binance.com``."""
+    api = client.urls.get("api", {})
+    url = api.get("public") if isinstance(api, dict) else api
+    if not isinstance(url, str):  # another exchange's layout: the first URL found
+        url = next((u for u in (api.values() if isinstance(api, dict) else []) if isinstance(u, str)), "")
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else str(url)
+
+
+def network_cause(exc: BaseException) -> str:
+    """The root cause of a failed request in one line, e.g. ``ConnectionRefusedError: [Errno 111]
+    Connection refused``: the innermost OS-level error of the chain when there is one (ccxt's own
+    message only names the URL), else ccxt's message."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for error in reversed(chain):
+        if isinstance(error, OSError) and str(error):
+            return f"{type(error).__name__}: {' '.join(str(error).split())}"[:300]
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+
+
+def unreachable_hint(base_url: str) -> str:
+    """What to do when the exchange at ``base_url`` cannot be reached."""
+    if env("BINANCE_BASE_URL"):
+        return (
+            f"BINANCE_BASE_URL={env('BINANCE_BASE_URL')} sends every request there: start the local fake "
+            f"exchange (`{FAKE_EXCHANGE_COMMAND}`, then BINANCE_BASE_URL=http://127.0.0.1:8765) or fix "
+            "or unset BINANCE_BASE_URL"
+        )
+    return (
+        f"check the network connection to {base_url}; to work offline, start the local fake exchange "
+        f"(`{FAKE_EXCHANGE_COMMAND}`) and set BINANCE_BASE_URL=http://127.0.0.1:8765"
+    )

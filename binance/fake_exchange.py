@@ -18,7 +18,9 @@ Faults (``inject()``, the ``--fault`` flag, or ``POST /_control/faults``): ``429
 Retry-After), ``418`` (ban, with Retry-After), ``500``/``502``/``503``/``504``, ``slow`` (answers
 after ``delay_s``, beyond the client's timeout), ``malformed`` (a truncated JSON body), ``drop``
 (closes the connection without answering), ``invalid_symbol`` (a permanent -1121 for a listed
-symbol). Control endpoints: ``POST /_control/faults`` (JSON of :meth:`FakeExchange.inject`'s
+symbol), and three that answer 200 with a damaged klines page: ``empty`` (``[]`` although candles
+exist), ``truncated`` (only the first half of the page) and ``missing_candle`` (the page without its
+middle candle). Control endpoints: ``POST /_control/faults`` (JSON of :meth:`FakeExchange.inject`'s
 arguments), ``DELETE /_control/faults``, ``POST /_control/now`` (``{"now_ms": ...}``),
 ``GET /_control/stats`` (request counts).
 
@@ -64,7 +66,18 @@ DEFAULT_LIMIT = 500
 MAX_LIMIT = 1000
 SYNTHETIC_SYMBOLS = ("BTC/USDT", "ETH/USDT", "BNB/USDT", "ADA/USDT")
 SYNTHETIC_START_MS = 1_577_836_800_000  # 2020-01-01 00:00 UTC
-FAULT_KINDS = ("429", "418", "500", "502", "503", "504", "slow", "malformed", "drop", "invalid_symbol")
+FAULT_KINDS = (
+    "429", "418", "500", "502", "503", "504", "slow", "malformed", "drop", "invalid_symbol",
+    "empty", "truncated", "missing_candle",
+)
+# Faults that alter a correct klines answer instead of replacing it: what an exchange under
+# maintenance or a flaky cache sends (a 200 with too few candles), which no HTTP status reveals.
+PAGE_FAULTS = ("empty", "truncated", "missing_candle")
+# The synthetic market ends where its last candle closes: 2022-01-01 00:00 UTC. Counting the
+# bars from the dates (not as 2 x 365 days) keeps leap years whole: 2020 has 366 days.
+SYNTHETIC_END_MS = 1_640_995_200_000
+# Binance serves prices and volumes as decimal strings with 8 decimals, and so does the fake.
+PRICE_DECIMALS = 8
 
 # Binance's error bodies, verbatim.
 _ERRORS = {
@@ -100,6 +113,7 @@ class Fault:
     path: str | None = "/api/v3/klines"  # None = every non-control path
     symbol: str | None = None  # unified (BTC/USDT) or market id (BTCUSDT); None = any
     every: int = 1
+    after: int = 0  # let this many matching requests pass untouched first (a fault mid-range)
     retry_after_s: int = 1
     delay_s: float = 3.0
     seen: int = 0
@@ -109,8 +123,8 @@ class Fault:
             raise ValueError(f"unknown fault kind {self.kind!r}; use one of {FAULT_KINDS}")
         if self.symbol and "/" in self.symbol:
             self.symbol = market_id(self.symbol)
-        if self.every < 1:
-            raise ValueError("every must be >= 1")
+        if self.every < 1 or self.after < 0:
+            raise ValueError("every must be >= 1 and after >= 0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,11 +198,13 @@ class SyntheticSource:
         symbols: tuple[str, ...] | list[str] = SYNTHETIC_SYMBOLS,
         timeframe: str = "1h",
         start_ms: int = SYNTHETIC_START_MS,
-        bars: int = 24 * 365 * 2,
+        bars: int | None = None,
         seed: int = 0,
     ):
         self.symbols = list(symbols)
         self.timeframe = timeframe
+        if bars is None:  # every candle of [start_ms, SYNTHETIC_END_MS)
+            bars = (SYNTHETIC_END_MS - start_ms) // timeframe_ms(timeframe)
         self.start_ms, self.bars, self.seed = start_ms, bars, seed
         self._cache: dict[str, Series] = {}
         for symbol in self.symbols:
@@ -238,7 +254,17 @@ def aggregate(series: Series, source_tf: str, target_tf: str) -> Series:
 
 
 def _fmt(value: float) -> str:
-    return f"{value:.8f}"
+    return f"{value:.{PRICE_DECIMALS}f}"
+
+
+def as_served(values: np.ndarray) -> np.ndarray:
+    """``values`` as a client reads them back from the served strings (`PRICE_DECIMALS` decimals).
+
+    The one place that decides the precision of served candles: anything comparing stored candles
+    with the fake's source compares ``as_served(source)`` exactly.
+    """
+    flat = np.asarray(values, dtype=np.float64)
+    return np.array([float(_fmt(v)) for v in flat.ravel().tolist()], dtype=np.float64).reshape(flat.shape)
 
 
 def kline_rows(ts_ms: np.ndarray, ohlcv: np.ndarray, step_ms: int) -> list[list]:
@@ -335,7 +361,7 @@ class FakeExchange:
         timeframe: str | None = None,
         symbols: list[str] | None = None,
         seed: int = 0,
-        synthetic_bars: int = 24 * 365 * 2,
+        synthetic_bars: int | None = None,  # None: from 2020-01-01 to 2022-01-01 (SYNTHETIC_END_MS)
         latency_s: float = 0.0,
         faults: list[Fault] | None = None,
     ):
@@ -394,7 +420,7 @@ class FakeExchange:
                 if fault.symbol is not None and query.get("symbol") != fault.symbol:
                     continue
                 fault.seen += 1
-                if fault.seen % fault.every:
+                if fault.seen <= fault.after or (fault.seen - fault.after) % fault.every:
                     continue
                 if fault.count > 0:
                     fault.count -= 1
@@ -630,12 +656,12 @@ class _Handler(BaseHTTPRequestHandler):
         fault = None if control else fake._take_fault(parts.path, query)
         if fault is not None:
             log.info("fake Binance: injecting %s on %s", fault.kind, self.path)
-            if self._fault(fault):
+            if self._fault(fault, query):
                 return
         status, payload, headers = fake.handle(method, parts.path, query, body)
         self._send(status, payload, headers)
 
-    def _fault(self, fault: Fault) -> bool:
+    def _fault(self, fault: Fault, query: dict[str, str]) -> bool:
         """Apply ``fault``; True when the response is complete (or deliberately never sent)."""
         if fault.kind in ("429", "418"):
             status, payload = _ERRORS["429"]
@@ -662,6 +688,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault.kind == "slow":
             self.fake._stopping.wait(fault.delay_s)
             return False  # then answer normally, long after the client gave up
+        elif fault.kind in PAGE_FAULTS:
+            status, payload, headers = self.fake.handle("GET", urlsplit(self.path).path, query, b"")
+            if status == 200 and isinstance(payload, list):
+                payload = damage_page(payload, fault.kind)
+            self._send(status, payload, headers)
         return True
 
     def _send(self, status: int, payload: Any, headers: dict[str, str]) -> None:
@@ -678,12 +709,25 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the client timed out and left: nothing to answer
 
 
+def damage_page(rows: list, kind: str) -> list:
+    """A klines page as a faulty exchange sends it: ``empty``, ``truncated`` or ``missing_candle``."""
+    if kind == "empty":
+        return []
+    if kind == "truncated":
+        return rows[: len(rows) // 2]
+    if kind == "missing_candle":
+        return rows[: len(rows) // 2] + rows[len(rows) // 2 + 1 :] if len(rows) >= 3 else rows
+    raise ValueError(f"{kind!r} is not a page fault; use one of {PAGE_FAULTS}")
+
+
 def parse_fault(spec: str) -> Fault:
-    """``KIND[:COUNT[:EVERY]]`` as used by ``--fault``, e.g. ``429:3`` or ``500:-1:5``."""
+    """``KIND[:COUNT[:EVERY[:AFTER]]]`` as used by ``--fault``, e.g. ``429:3``, ``500:-1:5`` or
+    ``empty:-1:1:2`` (every klines page after the first two comes back empty)."""
     parts = spec.split(":")
     count = int(parts[1]) if len(parts) > 1 else 1
     every = int(parts[2]) if len(parts) > 2 else 1
-    return Fault(kind=parts[0], count=count, every=every)
+    after = int(parts[3]) if len(parts) > 3 else 0
+    return Fault(kind=parts[0], count=count, every=every, after=after)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -704,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
         "--fault",
         action="append",
         default=[],
-        metavar="KIND[:COUNT[:EVERY]]",
+        metavar="KIND[:COUNT[:EVERY[:AFTER]]]",
         help=f"inject a fault on /api/v3/klines; kinds: {', '.join(FAULT_KINDS)}",
     )
     args = parser.parse_args(argv)

@@ -39,12 +39,18 @@ def fresh_db(database_url) -> Iterator[str]:
 
 
 def file_candles(folder: Path, symbol: str, start_ms: int, end_ms: int) -> pd.DataFrame:
-    """The candle file's rows with open time in [start_ms, end_ms), in ``db.read_candles`` columns."""
+    """The candle file's rows with open time in [start_ms, end_ms), in ``db.read_candles`` columns,
+    at the precision the fake exchange serves them (`binance.fake_exchange.as_served`)."""
+    from binance.fake_exchange import as_served
+
     frame = pd.read_csv(folder / f"{symbol.replace('/', '_')}.csv.gz")
     frame = frame[(frame.ts_ms >= start_ms) & (frame.ts_ms < end_ms)].rename(
         columns={"ts_ms": "open_time_ms"}
     )
-    return frame.reset_index(drop=True).astype({"open_time_ms": "int64"})
+    frame = frame.reset_index(drop=True).astype({"open_time_ms": "int64"})
+    values = ["open", "high", "low", "close", "volume"]
+    frame[values] = as_served(frame[values].to_numpy())
+    return frame
 
 
 def stored(engine, symbol: str, exchange: str = "binance", timeframe: str = "1h") -> pd.DataFrame:

@@ -1,12 +1,18 @@
 """Shared fixtures: a throwaway PostgreSQL database per test session and the shared candle data.
 
 The database server is the one named by ``TEST_DATABASE_URL`` (CI sets it to the PostgreSQL at
-127.0.0.1:5432), else the embedded pgserver. Each session creates a fresh database, points
-``DATABASE_URL`` at it (so subprocesses, dbt and Airflow tasks use it too) and drops it afterwards.
+127.0.0.1:5432), else the embedded pgserver, which the session stops at its end when the session
+started it. Each session creates a fresh database, points ``DATABASE_URL`` at it (so subprocesses,
+dbt and Airflow tasks use it too) and drops it afterwards.
+
+The real candles are read from ``../shared/data`` beside the repository, or from the folder named by
+``CRYPTO_MARL_SHARED_DATA`` (a folder that does not exist runs the suite as on a fresh clone:
+``.ci/run`` does this for the tests with a synthetic fallback).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -16,7 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("CRYPTO_MARL_SHARED_DATA") or ROOT.parent / "shared" / "data")
 SHARED_1H = SHARED_DATA / "binance_spot_1h_2017_2022"
 SHARED_1D = SHARED_DATA / "binance_spot_1d_2017_2022"
 
@@ -36,7 +42,8 @@ def database_url() -> str:
     import db
 
     previous = os.environ.get("DATABASE_URL")
-    with db.scratch_database("test", _server_url()) as url:
+    embedded = contextlib.nullcontext() if os.environ.get("TEST_DATABASE_URL") else db.embedded_session()
+    with embedded, db.scratch_database("test", _server_url()) as url:
         os.environ["DATABASE_URL"] = url
         try:
             yield url
@@ -60,7 +67,7 @@ def require_shared_data(path: Path = SHARED_DATA) -> Path:
     if not path.exists():
         reason = (
             f"{path} is missing: these tests replay the real Binance candles kept in ../shared/data "
-            "beside the repository (not shipped with a clone)"
+            "beside the repository (not shipped with a clone; README 'Real candles' says how to get them)"
         )
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(reason)
@@ -91,3 +98,19 @@ def fake_exchange():
     data_dir = SHARED_1H if SHARED_1H.exists() else None
     with FakeExchange(data_dir=data_dir) as fake:
         yield fake
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "synthetic_fallback: runs on the real candles when present, else on synthetic data "
+        "(.ci/run runs these again with the shared data hidden)",
+    )
+
+
+def pytest_collection_modifyitems(items) -> None:
+    # Every user of the fake_exchange fixture has the fallback (it serves synthetic candles without
+    # ../shared/data); other tests mark themselves.
+    for item in items:
+        if "fake_exchange" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.synthetic_fallback)

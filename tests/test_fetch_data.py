@@ -18,6 +18,7 @@ from fetch_data import (
     InvalidCandleError,
     RetryPolicy,
     fetch_range,
+    iso_utc,
     parse_time_ms,
     validate_candles,
 )
@@ -264,5 +265,173 @@ def test_fetch_data_cli(fresh_db, fake, monkeypatch, capsys):
     args = ["BTC/USDT", "--timeframe", "1h", "--since", "2021-01-01", "--until", "2021-01-02"]
     assert fetch_data.main(args) == 0
     assert "24 inserted of 24 fetched" in capsys.readouterr().out
-    assert fetch_data.main(["BTC/USDT", "--timeframe", "7h"]) == 1
-    assert "FAILED BTC/USDT 7h: unsupported timeframe" in capsys.readouterr().out
+    assert fetch_data.main(["BTC/USDT", "--timeframe", "7h"]) == 2  # refused before any work
+    assert "error: unsupported timeframe '7h'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# Hardening (issue 15): damaged pages, real gaps, the circuit breaker, a lost database connection.
+# These run on the fake exchange's seeded synthetic market, so they need no ../shared data.
+# --------------------------------------------------------------------------------------------------
+
+FEB1_2021 = parse_time_ms("2021-02-01")
+SPAN_MS = 4000 * H  # four pages of 1000 candles
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    with FakeExchange() as server:  # BTC, ETH, BNB, ADA against USDT, 2020-01-01 onwards
+        yield server
+
+
+@pytest.fixture
+def synthetic_client(synthetic):
+    synthetic.clear_faults()
+    yield make_exchange(base_url=synthetic.url, timeout_ms=2000)
+    synthetic.clear_faults()
+
+
+def assert_source_rows(engine, fake, label, symbol, start_ms, end_ms):
+    """Stored candles equal the fake exchange's source candles in [start_ms, end_ms), at the 8
+    decimals the exchange serves."""
+    series = fake.source.series(symbol)
+    keep = (series.ts_ms >= start_ms) & (series.ts_ms < end_ms)
+    got = stored(engine, symbol, exchange=label)
+    np.testing.assert_array_equal(got.open_time_ms.to_numpy(), series.ts_ms[keep])
+    served = np.round(series.ohlcv[keep], 8)
+    values = got[["open", "high", "low", "close", "volume"]].to_numpy()
+    np.testing.assert_allclose(values, served, rtol=0, atol=5e-9)
+
+
+def test_empty_page_mid_range_is_asked_again_and_the_range_completes(engine, synthetic, synthetic_client):
+    synthetic.inject("empty", count=2, after=2)  # pages 3 and 4 first come back [] (maintenance)
+    result = fetch_range(
+        synthetic_client, engine, "BTC/USDT", "1h", JAN1_2021, JAN1_2021 + SPAN_MS, exchange="t_empty1",
+        policy=FAST,
+    )
+    assert (result.status, result.rows_fetched, result.gaps) == ("ok", 4000, [])
+    assert result.retries >= 2 and synthetic.faults == []
+    assert_source_rows(engine, synthetic, "t_empty1", "BTC/USDT", JAN1_2021, JAN1_2021 + SPAN_MS)
+
+
+def test_persistent_empty_pages_fail_the_pair_naming_the_missing_span(engine, synthetic, synthetic_client):
+    """Defect 1: an empty page before `until` ended the range and reported the pair ok."""
+    synthetic.inject("empty", count=-1, after=2)  # after two good pages the exchange answers [] only
+    results = data_fetch_job.run_job(
+        ["BTC/USDT"], ["1h"], JAN1_2021, JAN1_2021 + SPAN_MS, engine, synthetic_client,
+        exchange="t_empty2", policy=FAST, show_progress=False,
+    )
+    result = results[0]
+    assert result.status == "failed" and not result.permanent
+    missing_from = JAN1_2021 + 2000 * H
+    span = f"missing 2000 candle(s) from {iso_utc(missing_from)} to {iso_utc(JAN1_2021 + SPAN_MS)}"
+    assert span in result.error
+    assert data_fetch_job.exit_code(results) == 1
+    run = db.fetch_runs(engine).query("exchange == 't_empty2'").iloc[0]
+    assert run.status == "failed" and "missing 2000 candle(s)" in run.error
+    # the candles fetched before the empty pages are kept, and nothing beyond them is invented
+    assert_source_rows(engine, synthetic, "t_empty2", "BTC/USDT", JAN1_2021, missing_from)
+
+
+def test_truncated_and_holed_pages_still_store_every_candle(engine, synthetic, synthetic_client):
+    synthetic.inject("truncated", count=2, every=2)
+    synthetic.inject("missing_candle", count=1, after=1)
+    result = fetch_range(
+        synthetic_client, engine, "ETH/USDT", "1h", JAN1_2021, JAN1_2021 + SPAN_MS, exchange="t_damaged",
+        policy=FAST,
+    )
+    assert (result.status, result.gaps) == ("ok", [])  # a dropped candle is not an exchange gap
+    assert synthetic.faults == []
+    assert_source_rows(engine, synthetic, "t_damaged", "ETH/USDT", JAN1_2021, JAN1_2021 + SPAN_MS)
+
+
+def test_real_exchange_gaps_are_reported_never_filled(engine, synthetic, tmp_path):
+    """A gap the exchange really has (same answer when asked again) stays a gap, also at the range's
+    end, and a pair listed after the range start is not a gap."""
+    series = synthetic.source.series("BNB/USDT")
+    ts, ohlcv = series.ts_ms, series.ohlcv
+    start = int(np.searchsorted(ts, JAN1_2021))
+    hole = slice(start + 500, start + 530)  # 30 candles missing mid-range
+    tail = slice(start + 1980, start + 2100)  # missing across the end of the requested range
+    keep = np.ones(ts.size, bool)
+    keep[hole] = keep[tail] = False
+    frame = pd.DataFrame(ohlcv[keep], columns=["open", "high", "low", "close", "volume"])
+    frame.insert(0, "ts_ms", ts[keep])
+    frame.to_csv(tmp_path / "BNB_USDT.csv", index=False)
+    with FakeExchange(tmp_path) as fake:
+        client = make_exchange(base_url=fake.url)
+        result = fetch_range(
+            client, engine, "BNB/USDT", "1h", JAN1_2021, JAN1_2021 + 2000 * H, exchange="t_realgap",
+            policy=FAST,
+        )
+    assert result.status == "ok"
+    assert result.gaps == [
+        db.Gap(int(ts[hole.start]), int(ts[hole.stop]), 30),
+        db.Gap(int(ts[tail.start]), int(ts[tail.stop]), 120),  # runs past the range end
+    ]
+    got = stored(engine, "BNB/USDT", exchange="t_realgap")
+    expected = ts[keep][(ts[keep] >= JAN1_2021) & (ts[keep] < JAN1_2021 + 2000 * H)]
+    np.testing.assert_array_equal(got.open_time_ms.to_numpy(), expected)  # nothing invented
+
+    with FakeExchange(tmp_path) as fake:  # a range wholly before the first candle: ok, empty, no gap
+        client = make_exchange(base_url=fake.url)
+        early = fetch_range(client, engine, "BNB/USDT", "1h", parse_time_ms("2019-06-01"),
+                            parse_time_ms("2019-07-01"), exchange="t_unlisted", policy=FAST)
+    assert (early.status, early.rows_fetched, early.gaps) == ("ok", 0, [])
+
+
+def test_a_long_ban_stops_every_pair_without_another_request(engine, synthetic, synthetic_client):
+    """Defect 5: after a 418 on one pair the job kept calling the exchange for the others."""
+    synthetic.inject("418", count=-1, retry_after_s=3600)
+    before = dict(synthetic.stats)
+    results = data_fetch_job.run_job(
+        ["BTC/USDT", "ETH/USDT", "BNB/USDT", "ADA/USDT"], ["1h"], JAN1_2021, FEB1_2021, engine,
+        synthetic_client, exchange="t_ban", policy=FAST, show_progress=False,
+    )
+    klines = synthetic.stats.get("/api/v3/klines", 0) - before.get("/api/v3/klines", 0)
+    assert klines == 1  # the banned request only
+    assert [r.status for r in results] == ["failed", "skipped", "skipped", "skipped"]
+    assert all(r.outage for r in results) and data_fetch_job.exit_code(results) == 3
+    assert "bans this IP (418)" in results[0].error and synthetic.url in results[0].error
+    assert all(r.error == f"not attempted: {results[0].error}" for r in results[1:])
+
+
+def test_a_429_storm_opens_the_circuit_after_one_pairs_retries(engine, synthetic, synthetic_client):
+    synthetic.inject("429", count=-1, retry_after_s=0)
+    results = data_fetch_job.run_job(
+        ["BTC/USDT", "ETH/USDT"], ["1h"], JAN1_2021, FEB1_2021, engine, synthetic_client,
+        exchange="t_storm", policy=RetryPolicy(max_retries=2, base_delay_s=0.01), show_progress=False,
+    )
+    assert [r.status for r in results] == ["failed", "skipped"]
+    assert "keeps rate-limiting this IP" in results[0].error and results[0].retries == 2
+
+
+def test_a_lost_database_connection_records_the_root_cause(engine, synthetic, synthetic_client):
+    """Defect 5: a backend killed mid-write was recorded as 'connection already closed'."""
+    from sqlalchemy import text
+
+    with engine.begin() as conn:  # the server ends the session of whoever writes this label's candles
+        conn.execute(text(
+            "CREATE OR REPLACE FUNCTION market.t_kill_writer() RETURNS trigger AS $$"
+            " BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NEW; END $$ LANGUAGE plpgsql"
+        ))
+        conn.execute(text(
+            "CREATE TRIGGER t_kill_writer BEFORE INSERT ON market.ohlcv FOR EACH ROW"
+            " WHEN (NEW.exchange = 't_lost' AND NEW.symbol = 'BTC/USDT')"
+            " EXECUTE FUNCTION market.t_kill_writer()"
+        ))
+    try:
+        results = data_fetch_job.run_job(
+            ["BTC/USDT", "ETH/USDT"], ["1h"], JAN1_2021, JAN1_2021 + 48 * H, engine, synthetic_client,
+            exchange="t_lost", policy=FAST, show_progress=False,
+        )
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP TRIGGER t_kill_writer ON market.ohlcv"))
+            conn.execute(text("DROP FUNCTION market.t_kill_writer()"))
+    runs = db.fetch_runs(engine).query("exchange == 't_lost'").set_index("symbol")
+    assert runs.status.to_dict() == {"BTC/USDT": "failed", "ETH/USDT": "ok"}  # the server stayed up
+    assert runs.error["BTC/USDT"].startswith("database connection lost: OperationalError: server closed")
+    assert "already closed" not in runs.error["BTC/USDT"]
+    assert [r.status for r in results] == ["failed", "ok"] and not results[0].outage
+    assert len(stored(engine, "ETH/USDT", exchange="t_lost")) == 48

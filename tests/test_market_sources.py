@@ -191,3 +191,53 @@ def test_split_by_dates():
         market_data.split_by_dates(data, {"a": {"start": "2022-01-01", "end": "2022-01-10"}})
     with pytest.raises(ConfigError, match="not before"):
         market_data.split_by_dates(data, {"a": {"start": "2021-01-10", "end": "2021-01-01"}})
+
+
+# ----------------------------------------------------------------------------------------------
+# load() is strict: what would give 0 bars or a wrong market is refused, naming the fix (#15 item 9)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hourly_csv(tmp_path):
+    src = synthetic.generate(n_pairs=2, n_bars=200, seed=9)
+    write_csv(tmp_path / "AAA_USDT.csv.gz", src, 0, range(200))
+    write_csv(tmp_path / "BBB_USDT.csv.gz", src, 1, range(200))
+    return {"kind": "csv", "path": str(tmp_path), "symbols": ["AAA/USDT", "BBB/USDT"], "timeframe": "1h"}
+
+
+def test_load_refuses_a_timeframe_the_files_do_not_hold(hourly_csv):
+    assert market_data.load(hourly_csv).n_bars > 0
+    with pytest.raises(ConfigError, match=r"AAA_USDT.csv.gz holds candles 60 minutes apart.*\(240 min"):
+        market_data.load({**hourly_csv, "timeframe": "4h"})
+    with pytest.raises(ConfigError, match="unsupported timeframe"):
+        market_data.load({**hourly_csv, "timeframe": "90m"})
+
+
+def test_load_refuses_start_after_end(hourly_csv):
+    with pytest.raises(ConfigError, match="start 2020-01-05 must be before end 2020-01-02"):
+        market_data.load({**hourly_csv, "start": "2020-01-05", "end": "2020-01-02"})
+    with pytest.raises(ConfigError, match="db source: start 2021-02-01 must be before end 2021-01-01"):
+        market_data.load({"kind": "db", "symbols": ["BTC/USDT"], "timeframe": "1h",
+                          "start": "2021-02-01", "end": "2021-01-01"})  # fmt: skip
+
+
+def test_load_refuses_repeated_symbols(hourly_csv):
+    with pytest.raises(ConfigError, match=r"names \['AAA/USDT'\] more than once"):
+        market_data.load({**hourly_csv, "symbols": ["AAA/USDT", "BBB/USDT", "AAA/USDT"]})
+    with pytest.raises(ConfigError, match=r"names \['BTC/USDT'\] more than once"):
+        market_data.load({"kind": "db", "symbols": ["BTC/USDT", "BTC/USDT"], "timeframe": "1h"})
+    with pytest.raises(ConfigError, match="more than once"):
+        market_data.load({"kind": "synthetic", "n_pairs": 2, "symbols": ["X/USDT", "X/USDT"]})
+
+
+def test_load_refuses_a_range_without_bars(hourly_csv):
+    with pytest.raises(ConfigError, match=r"holds no bar where every pair has a warm candle in \[2030-01-01"):
+        market_data.load({**hourly_csv, "start": "2030-01-01", "end": "2030-02-01"})
+
+
+def test_load_names_a_missing_folder_or_file(hourly_csv, tmp_path):
+    with pytest.raises(ConfigError, match="is not a directory of CSV candles"):
+        market_data.load({**hourly_csv, "path": str(tmp_path / "nowhere")})
+    with pytest.raises(ConfigError, match=r"no candle file for CCC/USDT .*CCC_USDT.csv"):
+        market_data.load({**hourly_csv, "symbols": ["AAA/USDT", "CCC/USDT"]})
