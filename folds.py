@@ -158,11 +158,12 @@ def check_coverage(folds: list[Fold], data_start_ms: int, data_end_ms: int) -> N
     need_to = max(f.test_end_ms for f in folds)
     if need_from < data_start_ms:
         raise ConfigError(
-            f"the first fold trains from {format_ms(need_from)} but the data starts at {format_ms(data_start_ms)}: "
-            "move folds.test_start later or shorten folds.train_days / folds.validation_days"
+            f"the first fold trains from {format_ms(need_from)} but the data starts at "
+            f"{format_ms(data_start_ms)}: move folds.test_start later or shorten folds.train_days / "
+            "folds.validation_days"
         )
     if need_to > data_end_ms:
         raise ConfigError(
-            f"the last test segment ends at {format_ms(need_to)} but the data ends at {format_ms(data_end_ms)}: "
-            "move folds.test_end earlier"
+            f"the last test segment ends at {format_ms(need_to)} but the data ends at "
+            f"{format_ms(data_end_ms)}: move folds.test_end earlier"
         )

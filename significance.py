@@ -20,7 +20,9 @@ Stationary bootstrap intervals (Politis and Romano, 1994)
 
     `sharpe_diff_ci` is paired: each bootstrap draw picks ONE set of indices and applies it to both
     curves, so the difference keeps their correlation (two curves trading the same bars move
-    together; resampling them independently would inflate the interval).
+    together; resampling them independently would inflate the interval). `bootstrap_sharpes` does
+    the same for any number of curves at once (the tearsheet resamples the agent and every
+    benchmark together, so each interval and each difference comes from the same draws).
 
 Probabilistic and deflated Sharpe ratios (Bailey and López de Prado)
     On PER-PERIOD (not annualized) Sharpe ratios SR = mean / std (ddof=1), with the sample
@@ -45,10 +47,8 @@ Probabilistic and deflated Sharpe ratios (Bailey and López de Prado)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
-from scipy import stats
 
 import metrics
 
@@ -94,22 +94,55 @@ def mean_block_length(*series: np.ndarray) -> int:
     return max(1, math.ceil(max(estimates, default=1.0)))
 
 
-def _percentile_interval(
-    statistic: Callable[..., float], series: tuple[np.ndarray, ...], level: float, n_boot: int,
-    mean_block: float | None, seed: int,
-) -> tuple[float, float]:
+def bootstrap_sharpes(
+    returns: np.ndarray, periods_per_year: float, n_boot: int = 2000, mean_block: float | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """[n_boot, k] annualized Sharpe ratios of the k columns of ``returns`` [T, k] (curves over the
+    same bars), each draw resampling ONE set of stationary-bootstrap indices for every column.
+
+    ``mean_block`` None: `mean_block_length` over all columns. Draws where a column is flat are nan.
+    Each draw's Sharpe ratio is metrics.sharpe of the resampled column, computed from how many
+    times each bar was drawn (two matrix products instead of copying T x k values per draw).
+    """
     from arch.bootstrap import StationaryBootstrap
 
-    block = mean_block_length(*series) if mean_block is None else float(mean_block)
+    x = np.asarray(returns, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"returns must be [T, k] (one column per curve), got shape {x.shape}")
+    block = mean_block_length(*x.T) if mean_block is None else float(mean_block)
     if block < 1.0:
         raise ValueError(f"mean_block must be >= 1 bar, got {mean_block}")
-    bs = StationaryBootstrap(block, *series, seed=np.random.default_rng(seed))
-    draws = np.asarray(bs.apply(statistic, n_boot), dtype=np.float64).ravel()
-    draws = draws[np.isfinite(draws)]  # a draw of only flat bars has no Sharpe ratio
-    if draws.size < n_boot // 2:
-        return math.nan, math.nan  # mostly undefined (a flat curve): no honest interval
+    n = x.shape[0]
+    center = x.mean(axis=0)
+    dev = x - center  # centred so that the sums of squares below lose no digits
+    dev_sq = dev**2
+    bs = StationaryBootstrap(block, x, seed=np.random.default_rng(seed))
+    s1, s2 = np.empty((n_boot, x.shape[1])), np.empty((n_boot, x.shape[1]))
+    chunk = max(1, min(n_boot, 2_000_000 // max(n, 1)))  # draws per batch: counts stay ~16 MB
+    for first in range(0, n_boot, chunk):
+        last = min(n_boot, first + chunk)
+        counts = np.stack([np.bincount(bs.update_indices(), minlength=n) for _ in range(last - first)])
+        # Sums of the drawn deviations and of their squares, every column at once.
+        s1[first:last], s2[first:last] = counts @ dev, counts @ dev_sq
+    var = (s2 - s1**2 / n) / (n - 1)
+    scale = np.maximum(np.abs(center), np.sqrt(np.mean(dev_sq, axis=0)))
+    flat = ~(var > (1e-12 * scale) ** 2)  # all drawn bars equal: the Sharpe ratio is undefined
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = (center + s1 / n) / np.sqrt(var) * math.sqrt(periods_per_year)
+    out[flat] = math.nan
+    return out
+
+
+def percentile_interval(draws: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Two-sided ``level`` percentile interval of bootstrap draws; (nan, nan) when more than half of
+    them are undefined (a curve flat in most resamples has no honest interval)."""
+    d = np.asarray(draws, dtype=np.float64).ravel()
+    finite = d[np.isfinite(d)]
+    if finite.size == 0 or finite.size < d.size // 2:
+        return math.nan, math.nan
     tail = 100.0 * (1.0 - level) / 2.0
-    low, high = np.percentile(draws, [tail, 100.0 - tail])
+    low, high = np.percentile(finite, [tail, 100.0 - tail])
     return float(low), float(high)
 
 
@@ -130,8 +163,8 @@ def stationary_bootstrap_sharpe_ci(
     _check_level(level, n_boot)
     if np.std(r) == 0.0:
         return math.nan, math.nan
-    return _percentile_interval(lambda x: metrics.sharpe(x, periods_per_year), (r,), level, n_boot,
-                                mean_block, seed)
+    draws = bootstrap_sharpes(r[:, None], periods_per_year, n_boot, mean_block, seed)
+    return percentile_interval(draws, level)
 
 
 def sharpe_diff_ci(
@@ -154,11 +187,8 @@ def sharpe_diff_ci(
     _check_level(level, n_boot)
     if np.std(a) == 0.0 or np.std(b) == 0.0:
         return math.nan, math.nan
-
-    def diff(x: np.ndarray, y: np.ndarray) -> float:
-        return metrics.sharpe(x, periods_per_year) - metrics.sharpe(y, periods_per_year)
-
-    return _percentile_interval(diff, (a, b), level, n_boot, mean_block, seed)
+    draws = bootstrap_sharpes(np.column_stack((a, b)), periods_per_year, n_boot, mean_block, seed)
+    return percentile_interval(draws[:, 0] - draws[:, 1], level)
 
 
 def psr_from_stats(sharpe_per_period: float, n_obs: int, skewness: float, kurtosis: float,
@@ -167,6 +197,8 @@ def psr_from_stats(sharpe_per_period: float, n_obs: int, skewness: float, kurtos
     if n_obs < 2:
         raise ValueError(f"n_obs must be >= 2 returns, got {n_obs}")
     sr = sharpe_per_period
+    from scipy import stats
+
     variance = 1.0 - skewness * sr + (kurtosis - 1.0) / 4.0 * sr**2
     if variance <= 0.0:
         # Only possible with extreme skew and a huge per-period Sharpe: the asymptotic formula breaks.
@@ -176,6 +208,8 @@ def psr_from_stats(sharpe_per_period: float, n_obs: int, skewness: float, kurtos
 
 def _moments(returns: np.ndarray | list[float]) -> tuple[float, int, float, float]:
     """(per-period Sharpe, n, skewness, kurtosis) with the papers' estimators; Sharpe nan if flat."""
+    from scipy import stats
+
     r = _returns(returns, "returns")
     sr = metrics.sharpe(r, 1.0)
     if not math.isfinite(sr):
@@ -206,6 +240,8 @@ def expected_max_sharpe(n_trials: int, trials_sharpe_variance: float) -> float:
                          f"Sharpe ratios), got {trials_sharpe_variance}")
     if n_trials == 1:
         return 0.0
+    from scipy import stats
+
     n = float(n_trials)
     z = ((1.0 - EULER_GAMMA) * stats.norm.ppf(1.0 - 1.0 / n)
          + EULER_GAMMA * stats.norm.ppf(1.0 - 1.0 / (n * math.e)))

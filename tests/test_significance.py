@@ -173,3 +173,22 @@ def test_bootstrap_refusals_and_flat_curves():
         sig.stationary_bootstrap_sharpe_ci(r, PERIODS, mean_block=0.5)
     assert all(math.isnan(v) for v in sig.stationary_bootstrap_sharpe_ci(np.zeros(50), PERIODS))
     assert all(math.isnan(v) for v in sig.sharpe_diff_ci(r, np.zeros(100), PERIODS))
+
+
+def test_bootstrap_sharpes_equal_metrics_on_arch_indices():
+    # Each draw is metrics.sharpe of the columns resampled with arch's stationary-bootstrap indices
+    # (the same generator, seeded alike), every column with the same indices.
+    from arch.bootstrap import StationaryBootstrap
+
+    rng = np.random.default_rng(8)
+    x = np.column_stack((rng.standard_t(4, 3000) * 0.01, rng.normal(0.001, 0.02, 3000), np.zeros(3000)))
+    draws = sig.bootstrap_sharpes(x, PERIODS, n_boot=150, mean_block=7, seed=3)
+    bs = StationaryBootstrap(7, x, seed=np.random.default_rng(3))
+    for k in range(150):
+        idx = bs.update_indices()
+        for j in range(2):
+            assert draws[k, j] == pytest.approx(metrics.sharpe(x[idx, j], PERIODS), rel=1e-9)
+    assert np.all(np.isnan(draws[:, 2]))  # a flat column has no Sharpe ratio in any draw
+    lo, hi = sig.percentile_interval(draws[:, 0])
+    assert (lo, hi) == tuple(np.percentile(draws[:, 0], [2.5, 97.5]))
+    assert all(math.isnan(v) for v in sig.percentile_interval(draws[:, 2]))
