@@ -88,7 +88,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     training config (whose every key exists), so ``--set train.ppo.lr=1e-4`` works although the
     ``train`` section lists only what differs from the training config. Validated: `validate_config`.
     """
-    import Train
+    import run_config
 
     cfg = load_yaml(DEFAULT_CONFIG)
     cfg.setdefault("train_overrides", [])
@@ -102,13 +102,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             cfg["data"]["source"] = source
         if train_section is not None:
             cfg["train"] = train_section
-    for key, value in Train.parse_overrides(list(overrides)):
+    for key, value in run_config.parse_overrides(list(overrides)):
         if key.startswith("train."):
             cfg["train_overrides"] = [*cfg["train_overrides"], [key[len("train.") :], value]]
         elif key.startswith("data.source."):  # the source's keys depend on its kind: set freely
             cfg["data"]["source"][key[len("data.source.") :]] = value
         else:
-            cfg = Train.set_path(cfg, key, value)
+            cfg = run_config.set_path(cfg, key, value)
     validate_config(cfg)
     return cfg
 
@@ -166,7 +166,7 @@ def training_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The Train.py config of every (fold, seed) run before its splits and seed are set: configs/train.yaml,
     ``train_config``, the ``train`` section, the ``train.*`` overrides; data and budget from the
     walk-forward config; one in-process sampler (each run is one Ray task of one CPU)."""
-    import Train
+    import run_config
 
     for key in OWNED_TRAIN_KEYS:
         head, _, rest = key.partition(".")
@@ -176,17 +176,17 @@ def training_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     for key, _ in cfg["train_overrides"]:
         if any(key == owned or key.startswith(owned + ".") for owned in OWNED_TRAIN_KEYS):
             raise ConfigError(f"--set train.{key}: set by the walk-forward (data, seeds, budget) instead")
-    base = Train.load_config(cfg["train_config"]) if cfg["train_config"] else Train.load_config()
+    base = run_config.load_config(cfg["train_config"])
     train = merge(base, copy.deepcopy(cfg["train"]), "walk_forward config: train")
-    train["env"] = Train.resolve_env_config(train["env"])
+    train["env"] = run_config.resolve_env_config(train["env"])
     for key, value in cfg["train_overrides"]:
-        train = Train.set_path(train, key, value)
-    train["env"] = Train.resolve_env_config(train["env"])
+        train = run_config.set_path(train, key, value)
+    train["env"] = run_config.resolve_env_config(train["env"])
     train["data"]["source"] = copy.deepcopy(cfg["data"]["source"])
     train["run"]["iterations"] = cfg["budget"]["iterations"]
     train["run"]["time_budget_s"] = cfg["budget"]["time_budget_s"]
     train["resources"]["num_env_runners"] = 0
-    Train.validate_config(train)
+    run_config.validate_config(train)
     return train
 
 
@@ -219,11 +219,11 @@ class WalkForwardPaths:
         return self.saved_dir / fold.name
 
     def unit(self, fold: Fold, seed: int) -> Any:
-        """Train.RunPaths of the (fold, seed) run."""
-        import Train
+        """run_files.RunPaths of the (fold, seed) run."""
+        import run_files
 
         name = f"seed_{seed}"
-        return Train.RunPaths(
+        return run_files.RunPaths(
             f"{self.run_id}/{fold.name}/{name}", self.fold_dir(fold) / name, self.out_dir / fold.name / name
         )
 
@@ -314,12 +314,13 @@ def train_unit(unit: Unit, data: MarketData) -> dict[str, Any]:
     """Train one (fold, seed) run to its budget (resuming an interrupted one) and mark it done.
 
     Runs inside a Ray task (or the driver); returns the done.json payload."""
+    import run_files
     import Train
 
     done = unit_done(unit)
     if done is not None:
         return done
-    paths = Train.RunPaths(unit.name, unit.run_dir, unit.log_dir)
+    paths = run_files.RunPaths(unit.name, unit.run_dir, unit.log_dir)
     resume = (unit.run_dir / "latest").exists() and (unit.run_dir / "state.json").exists()
     if not resume and unit.run_dir.exists():
         shutil.rmtree(unit.run_dir)  # killed before its first checkpoint: nothing to keep

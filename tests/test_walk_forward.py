@@ -200,11 +200,11 @@ class SignalPolicy:
 
     def __init__(self, data: MarketData, threshold: float) -> None:
         import decision
-        import Train
+        import run_config
 
         self.symbols = list(data.symbols)
         self.timeframe = data.timeframe
-        self.env_config = Train.resolve_env_config({"normalization": {"window": 24}})
+        self.env_config = run_config.resolve_env_config({"normalization": {"window": 24}})
         self.history_bars = decision.history_bars(self.env_config)
         self.threshold = threshold
 
