@@ -435,3 +435,23 @@ def test_a_lost_database_connection_records_the_root_cause(engine, synthetic, sy
     assert "already closed" not in runs.error["BTC/USDT"]
     assert [r.status for r in results] == ["failed", "ok"] and not results[0].outage
     assert len(stored(engine, "ETH/USDT", exchange="t_lost")) == 48
+
+
+def test_fetch_data_cli_exit_codes_for_outages(fresh_db, monkeypatch, capsys):
+    import socket
+
+    import fetch_data
+
+    with socket.socket() as sock:  # bound, never listening: refused
+        sock.bind(("127.0.0.1", 0))
+        refused = f"127.0.0.1:{sock.getsockname()[1]}"
+        monkeypatch.setenv("DATABASE_URL", fresh_db)
+        monkeypatch.setenv("BINANCE_BASE_URL", f"http://{refused}")
+        assert fetch_data.main(["BTC/USDT", "--since", "2021-01-01", "--until", "2021-01-02"]) == 3
+        assert f"cannot reach the exchange at http://{refused}" in capsys.readouterr().err
+        monkeypatch.setenv("DATABASE_URL", f"postgresql+psycopg2://postgres@{refused}/market")
+        assert fetch_data.main(["BTC/USDT", "--since", "2021-01-01", "--until", "2021-01-02"]) == 3
+        expected = f"cannot reach the database postgresql+psycopg2://postgres@{refused}/market"
+        assert expected in capsys.readouterr().err
+        assert fetch_data.main(["BTC/USDT", "--since", "1609459200"]) == 2  # refused before either
+        assert "looks like epoch SECONDS" in capsys.readouterr().err
