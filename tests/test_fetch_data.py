@@ -12,7 +12,7 @@ from _data_support import JAN1_2021, JUN1_2021, H, file_candles, stored
 import data_fetch_job
 import db
 from binance import make_exchange
-from binance.fake_exchange import FakeExchange
+from binance.fake_exchange import FakeExchange, as_served
 from fetch_data import (
     FetchError,
     InvalidCandleError,
@@ -298,9 +298,8 @@ def assert_source_rows(engine, fake, label, symbol, start_ms, end_ms):
     keep = (series.ts_ms >= start_ms) & (series.ts_ms < end_ms)
     got = stored(engine, symbol, exchange=label)
     np.testing.assert_array_equal(got.open_time_ms.to_numpy(), series.ts_ms[keep])
-    served = np.round(series.ohlcv[keep], 8)
     values = got[["open", "high", "low", "close", "volume"]].to_numpy()
-    np.testing.assert_allclose(values, served, rtol=0, atol=5e-9)
+    np.testing.assert_array_equal(values, as_served(series.ohlcv[keep]))
 
 
 def test_empty_page_mid_range_is_asked_again_and_the_range_completes(engine, synthetic, synthetic_client):
