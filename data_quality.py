@@ -11,6 +11,10 @@ Rules (thresholds in ``configs/airflow.yaml``, section ``quality``):
   as staleness while it lasts.
 - features lag: ``features.indicators`` (dbt) does not reach the newest stored candle.
 
+Every rule looks at the run's own interval, i.e. at candles and indicators opening before
+``end_ms``: a backfill of an old interval is not failed by newer candles that a concurrent
+scheduled run stored after the backfill's dbt build.
+
 ``python data_quality.py`` runs the checks for the configured pairs against now and prints a table.
 """
 
@@ -62,7 +66,11 @@ class QualityReport:
 
 _FEATURES_SQL = text(
     "SELECT max(open_time_ms) FROM features.indicators "
-    "WHERE exchange = :exchange AND symbol = :symbol AND timeframe = :timeframe"
+    "WHERE exchange = :exchange AND symbol = :symbol AND timeframe = :timeframe AND open_time_ms < :end_ms"
+)
+_CANDLES_SQL = text(
+    "SELECT max(open_time_ms) FROM market.ohlcv "
+    "WHERE exchange = :exchange AND symbol = :symbol AND timeframe = :timeframe AND open_time_ms < :end_ms"
 )
 
 
@@ -87,9 +95,9 @@ def check_market_data(
         ).scalar()
         for symbol, timeframe in series:
             bar_ms = timeframe_ms(timeframe)
-            key = {"exchange": exchange, "symbol": symbol, "timeframe": timeframe}
+            key = {"exchange": exchange, "symbol": symbol, "timeframe": timeframe, "end_ms": end_ms}
             report.checked.append((symbol, timeframe))
-            newest = db.newest_open_time_ms(engine, exchange, symbol, timeframe)
+            newest = conn.execute(_CANDLES_SQL, key).scalar()  # within the run's interval, not after it
             report.newest_ms[f"{symbol} {timeframe}"] = newest
             last_closed_ms = (end_ms // bar_ms) * bar_ms - bar_ms
             if newest is None:

@@ -52,6 +52,28 @@ def _candle_file(directory: Path, symbol: str) -> Path:
     raise FileNotFoundError(f"no candle file for {symbol} in {directory} (want {stem}.csv or {stem}.csv.gz)")
 
 
+def _read_joined_candles(directories: list[Path], symbol: str) -> tuple[np.ndarray, Path]:
+    """One pair's candles from every folder holding its file (time order; a shared hour kept once,
+    from the later folder), and its first file. FileNotFoundError when no folder has it."""
+    parts, paths = [], []
+    for folder in directories:
+        try:
+            paths.append(_candle_file(folder, symbol))
+        except FileNotFoundError:
+            if len(directories) == 1:
+                raise
+            continue
+        parts.append(_read_candles_csv(paths[-1]))
+    if not parts:
+        raise FileNotFoundError(f"no candle file for {symbol} in any of {[str(d) for d in directories]}")
+    if len(parts) == 1:
+        return parts[0], paths[0]
+    rows = np.concatenate(parts)
+    rows = rows[np.argsort(rows[:, 0], kind="stable")]
+    last = np.append(rows[1:, 0] != rows[:-1, 0], True)  # keep the last copy of each open time
+    return rows[last], paths[0]
+
+
 def align(
     symbols: list[str],
     timeframe: str,
@@ -93,7 +115,7 @@ def align(
 
 
 def from_csv_dir(
-    directory: str | Path,
+    directory: str | Path | list[str | Path],
     symbols: list[str] | None,
     timeframe: str,
     start: Any = None,
@@ -109,9 +131,13 @@ def from_csv_dir(
     from binance.symbols import symbol_from_file_stem, timeframe_ms
     from indicators import FEATURE_NAMES, compute_indicators
 
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory} is not a directory of CSV candles")
+    # Several folders (e.g. binance_spot_1h_2017_2022 and _2022_2024) join into one series per pair:
+    # a pair's rows from every folder that has its file, one copy of the hours they share.
+    directories = [Path(d) for d in (directory if isinstance(directory, (list, tuple)) else [directory])]
+    for folder in directories:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder} is not a directory of CSV candles")
+    directory = directories[0]
     if symbols is None:
         stems = sorted(p.name.split(".")[0] for p in directory.glob("*.csv*") if not p.name.startswith("_"))
         symbols = [symbol_from_file_stem(stem) for stem in stems]
@@ -122,8 +148,7 @@ def from_csv_dir(
     if len(set(symbols)) != len(symbols):
         raise ConfigError(f"csv source: symbols {symbols} repeat a pair; list each pair once")
     for symbol in symbols:
-        path = _candle_file(directory, symbol)
-        rows = _read_candles_csv(path)
+        rows, path = _read_joined_candles(directories, symbol)
         times = rows[:, 0].astype(np.int64)
         _check_spacing(path, times, timeframe, step_ms)
         ind = compute_indicators(rows[:, 1], rows[:, 2], rows[:, 3], rows[:, 4], rows[:, 5], times, step_ms)
@@ -131,7 +156,8 @@ def from_csv_dir(
                  "close": rows[:, 4], "volume": rows[:, 5], "warm": ind["warm"]}
         entry.update({name: ind[name] for name in FEATURE_NAMES})
         series.append(entry)
-    meta = {"source": "csv", "path": str(directory)}
+    paths: Any = [str(d) for d in directories] if len(directories) > 1 else str(directory)
+    meta = {"source": "csv", "path": paths}
     data = align(list(symbols), timeframe, series, list(FEATURE_NAMES), meta)
     start_ms = None if start is None else to_ms(start)
     end_ms = None if end is None else to_ms(end)
@@ -203,17 +229,24 @@ def check_source(source: Mapping[str, Any]) -> None:
         if "symbols" not in source or "timeframe" not in source:
             raise ConfigError("a db source needs symbols and timeframe")
     _check_symbols(source.get("symbols"), where, required=kind == "db")
-    _check_timeframe(source["timeframe"], where)
     _source_range_ms(source, where)
+    folders = []
     if kind == "csv":
-        directory = Path(source["path"])
-        if not directory.is_dir():
-            raise ConfigError(f"{where}.path {directory} is not a directory of CSV candles")
+        folders = source["path"] if isinstance(source["path"], (list, tuple)) else [source["path"]]
+        for folder in folders:
+            if not Path(folder).is_dir():
+                raise ConfigError(f"{where}.path {folder} is not a directory of CSV candles")
+    _check_timeframe(source["timeframe"], where)  # imports ccxt (~0.7 s): after the cheap checks
+    if kind == "csv":
         for symbol in source.get("symbols") or []:
-            try:
-                _candle_file(directory, symbol)
-            except FileNotFoundError as exc:
-                raise ConfigError(f"{where}: {exc}") from None
+            found = []
+            for folder in folders:
+                try:
+                    found.append(_candle_file(Path(folder), symbol))
+                except FileNotFoundError as exc:
+                    missing = exc
+            if not found:
+                raise ConfigError(f"{where}: {missing}") from None
 
 
 def _check_spacing(path: Path, times: np.ndarray, timeframe: str, step_ms: int) -> None:

@@ -50,7 +50,8 @@ _SCHEMA: dict[str, Any] = {
     "backfill": {"chunk_days"},
     "quality": {"max_lag_bars", "gap_lookback_bars"},
     "dbt": {"build_args", "pool", "pool_slots"},
-    "runner": {"host", "port", "metadata_database", "stop_timeout_s"},
+    "runner": {"host", "port", "metadata_database", "stop_timeout_s", "worker_log_server_port",
+               "trigger_log_server_port"},
 }
 
 
@@ -242,6 +243,8 @@ def run_fetch(target: dict[str, Any], config: PipelineConfig | None = None) -> d
     import dataclasses
 
     import data_fetch_job  # imported lazily: DAG parsing must stay light
+    import db
+    from fetch_data import ExchangeOutage
 
     config = config or load_config()
     policy = None
@@ -251,12 +254,16 @@ def run_fetch(target: dict[str, Any], config: PipelineConfig | None = None) -> d
             max_retries=config.fetch.request_retries,
         )
     log.info("fetching %s", target_label(target))
-    results = data_fetch_job.run_job(
-        [target["symbol"]], [target["timeframe"]], since_ms=target.get("since_ms"),
-        until_ms=target.get("until_ms"), exchange=config.exchange,
-        default_since_ms=parse_time_ms(config.since) if config.since else None,
-        policy=policy, show_progress=False,
-    )
+    try:
+        results = data_fetch_job.run_job(
+            [target["symbol"]], [target["timeframe"]], since_ms=target.get("since_ms"),
+            until_ms=target.get("until_ms"), exchange=config.exchange,
+            default_since_ms=parse_time_ms(config.since) if config.since else None,
+            policy=policy, show_progress=False,
+        )
+    except (ExchangeOutage, db.DatabaseUnavailable) as exc:
+        # the exchange or the database is down: Airflow retries the task later with backoff
+        raise FetchError(f"{target_label(target)}: {exc}") from exc
     if len(results) != 1:
         raise FetchError(f"expected one result for {target_label(target)}, got {len(results)}")
     record = _jsonable(_as_dict(results[0]))

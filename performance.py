@@ -21,7 +21,6 @@ Outputs in ``--out`` (default ``logs/NAME/backtest/``): ``metrics.json``, ``equi
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -34,6 +33,7 @@ import numpy as np
 import console
 import decision
 import metrics
+import tearsheet
 from backtest import BacktestRecord, Recorder, make_portfolio, simulate_targets  # noqa: F401
 from decision import play_policy
 from market_arrays import MarketData
@@ -105,100 +105,6 @@ def format_table(table: Mapping[str, Mapping[str, float]], title: str | None = N
 
 
 # ---------------------------------------------------------------------------------------- report
-def _dates(open_time_ms: np.ndarray) -> np.ndarray:
-    return np.asarray(open_time_ms, dtype="datetime64[ms]")
-
-
-def _plot_equity(path: Path, records: Mapping[str, BacktestRecord]) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(11, 4.5))
-    for name, rec in records.items():
-        ax.plot(_dates(rec.open_time_ms), rec.equity, lw=1.6 if name == "agent" else 1.0, label=name)
-    ax.set_yscale("log")
-    ax.set_ylabel("portfolio value (quote, log scale)")
-    ax.set_title("Equity: agent vs benchmarks (same bars, fees and execution)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.autofmt_xdate()
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
-
-
-def _plot_drawdowns(path: Path, records: Mapping[str, BacktestRecord]) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(11, 3.5))
-    for name, rec in records.items():
-        dd = np.concatenate(([0.0], metrics.drawdown_series(metrics.simple_returns(rec.equity))))
-        ax.plot(_dates(rec.open_time_ms), 100 * dd, lw=1.4 if name == "agent" else 0.9, label=name)
-    ax.set_ylabel("drawdown from peak (%)")
-    ax.set_title("Drawdowns (peak includes the initial capital)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
-    fig.autofmt_xdate()
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
-
-
-def _plot_allocation(path: Path, rec: BacktestRecord) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(11, 3.5))
-    labels = [s.split("/")[0] for s in rec.symbols] + ["cash"]
-    ax.stackplot(_dates(rec.open_time_ms), rec.weights_after.T, labels=labels, linewidth=0)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("weight")
-    ax.set_title(f"Allocation of {rec.name} after each rebalance (cash included)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    fig.autofmt_xdate()
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
-
-
-def _plot_contribution(path: Path, rec: BacktestRecord) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(11, 3.5))
-    cum = np.cumsum(rec.pnl, axis=0)
-    for i, symbol in enumerate(rec.symbols):
-        ax.plot(_dates(rec.open_time_ms), cum[:, i], lw=1.0, label=f"{symbol} ({cum[-1, i]:+,.0f})")
-    ax.axhline(0.0, color="black", lw=0.6)
-    ax.set_ylabel("cumulative PnL (quote)")
-    ax.set_title(f"Per-pair contribution of {rec.name}, net of fees and slippage")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    fig.autofmt_xdate()
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
-
-
-def _plot_calls(path: Path, rec: BacktestRecord, close: np.ndarray, max_pairs: int = 10) -> None:
-    import matplotlib.pyplot as plt
-
-    assert rec.calls is not None
-    n = min(len(rec.symbols), max_pairs)
-    fig, axes = plt.subplots(n, 1, figsize=(11, 1.9 * n + 0.6), sharex=True, squeeze=False)
-    dates = _dates(rec.open_time_ms)
-    for i in range(n):
-        ax = axes[i, 0]
-        ax.plot(dates, close[:, i], color="0.35", lw=0.8)
-        calls = rec.calls[:, i]
-        # Only where the answer changes: a year of hourly markers would hide the price under them.
-        changed = np.concatenate(([True], calls[1:] != calls[:-1]))
-        for value, marker, color, label in ((1, "^", "tab:green", "buy"), (-1, "v", "tab:red", "sell")):
-            hit = changed & (calls == value)
-            ax.plot(dates[hit], close[hit, i], linestyle="none", marker=marker, color=color, markersize=4,
-                    label=label, zorder=3)
-        ax.set_ylabel(rec.symbols[i].split("/")[0])
-        ax.grid(True, alpha=0.3)
-    axes[0, 0].set_title("Specialists' calls against the price (a marker where the answer turns to buy/sell)")
-    axes[0, 0].legend(loc="upper left", fontsize=8)
-    fig.autofmt_xdate()
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
-
-
 def write_equity_csv(path: Path, records: Mapping[str, BacktestRecord]) -> None:
     """``open_time_ms`` then one column of portfolio values per record (the agent first)."""
     names = list(records)
@@ -218,64 +124,23 @@ def write_report(
     title: str = "Backtest",
     notes: Mapping[str, Any] | None = None,
     data_source: str | None = None,
+    benchmark: str = tearsheet.DEFAULT_BENCHMARK,
 ) -> dict[str, dict[str, float]]:
-    """Write metrics.json, equity.csv, the PNG figures and report.html into ``out_dir``.
+    """Write equity.csv, metrics.json and the self-contained report.html (tearsheet.py) into ``out_dir``.
 
     ``records`` maps names to paths, the agent (named ``agent``) first, then the benchmarks.
-    ``close`` [T, N] is the price the specialists' calls are drawn against. Returns the metrics.
+    ``close`` [T, N] is the price the specialists' calls are drawn and scored against; ``notes``
+    (``run``: the run folder, ``range``, ``portfolio``: its settings) feed the report's header;
+    ``data_source`` (market_data.describe_source of the bars played) heads the report and
+    metrics.json; ``benchmark`` is the one the relative statistics are shown against. Returns the
+    metrics.
     """
-    import html
-
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: never needs a display
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = metrics_table(records, periods)
-    payload: dict[str, Any] = {"periods_per_year": periods, "data_source": data_source}
-    payload.update({name: {k: _finite_or_none(v) for k, v in row.items()} for name, row in table.items()})
-    (out / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
     write_equity_csv(out / "equity.csv", records)
-
-    lead = next(iter(records.values()))
-    figures = [("equity.png", "Equity (log scale)"), ("drawdowns.png", "Drawdowns")]
-    _plot_equity(out / "equity.png", records)
-    _plot_drawdowns(out / "drawdowns.png", records)
-    _plot_allocation(out / "allocation.png", lead)
-    figures.append(("allocation.png", "Allocation"))
-    _plot_contribution(out / "contribution.png", lead)
-    figures.append(("contribution.png", "Per-pair contribution"))
-    if lead.calls is not None:
-        _plot_calls(out / "calls.png", lead, close)
-        figures.append(("calls.png", "Specialists' calls"))
-
-    rows = []
-    names = list(table)
-    for metric in metrics.METRIC_NAMES:
-        cells = "".join(f"<td>{format_value(metric, table[n][metric])}</td>" for n in names)
-        rows.append(f"<tr><th>{metric}</th>{cells}</tr>")
-    start, end = (str(d) for d in _dates(lead.open_time_ms[[0, -1]]))
-    notes_html = "".join(
-        f"<li><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</li>" for k, v in (notes or {}).items()
-    )
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{max-width:100%}}</style></head>
-<body><h1>{html.escape(title)}</h1>
-<p>{len(lead.equity)} bars from {start} to {end} UTC, {len(lead.symbols)} pairs
-({html.escape(", ".join(lead.symbols))}); {periods:g} periods per year.</p>
-<ul>{notes_html}</ul>
-<table><tr><th>metric</th>{"".join(f"<th>{html.escape(n)}</th>" for n in names)}</tr>{"".join(rows)}</table>
-<p>Conventions: simple per-bar returns of the equity curve; Sharpe = mean/std(ddof=1)&middot;&radic;periods;
-Sortino with the downside deviation over all bars; max drawdown from the initial capital; Calmar = CAGR/|max
-drawdown|; turnover = &frac12;&Sigma;|&Delta;w| over pairs and cash, summed over bars; exposure = mean
-weight outside cash; hit rate = share of positive bars among bars that moved.</p>
-{"".join(f'<h2>{cap}</h2><img src="{png}" alt="{cap}">' for png, cap in figures)}
-</body></html>
-"""
-    (out / "report.html").write_text(page)
-    return table
+    tearsheet.write(out, records, periods, close, title=title, notes=notes, data_source=data_source,
+                    benchmark=benchmark)
+    return metrics_table(records, periods)
 
 
 # ------------------------------------------------------------------------------------ backtest

@@ -495,9 +495,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         # them): a file's source replaces the default one instead of being merged into it.
         data = user.get("data")
         source = data.pop("source", None) if isinstance(data, dict) else None
-        for key in ("env", *(k for k in user if k != "env")):
-            if key in user and key in cfg and isinstance(cfg[key], dict) and not isinstance(user[key], dict):
-                raise ConfigError(f"{path}: {key} must be a mapping of settings, got {user[key]!r}")
+        for key, value in user.items():  # merge would replace a whole section by a scalar
+            if isinstance(cfg.get(key), dict) and not isinstance(value, dict):
+                raise ConfigError(f"{path}: {key} must be a mapping of settings, got {value!r}")
         cfg = merge(cfg, user, str(path))
         if source is not None:
             cfg["data"]["source"] = source

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from _ports import free_port
 
 import backtest
 import decision
@@ -205,9 +205,7 @@ def assert_actions_match_rllib(run_dir: Path, policy: decision.Policy, splits: t
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_port()  # tests/_ports.py: outside the ephemeral range, where bind-then-release races
 
 
 @pytest.mark.slow
