@@ -824,6 +824,11 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") ->
     return f'<table class="{cls}"><tr>{cells}</tr>{body}</table>'
 
 
+def _bench_label(name: str, pairs: Sequence[str]) -> str:
+    """A benchmark's column title; buy_hold_first names its pair (BTC/USDT hold in the usual list)."""
+    return f"vs {name} ({pairs[0]} hold)" if name == "buy_hold_first" and pairs else f"vs {name}"
+
+
 def render(
     payload: Mapping[str, Any], figs: Sequence[tuple[str, str, str]], names: Sequence[str], title: str
 ) -> str:
@@ -941,8 +946,10 @@ def render(
         f"<table class='hdr'>{header_html}</table>",
         "<h2>Key metrics</h2>",
         _table(["metric", *names], key_rows),
-        "<p class='note'>Sharpe intervals: stationary bootstrap (Politis-Romano, mean block length chosen "
-        "by Politis-White), 95% percentile interval. Probabilistic Sharpe: Bailey and L&oacute;pez de Prado, "
+        "<p class='note'>Sharpe intervals: stationary bootstrap (Politis-Romano; mean block length "
+        f"{payload['bootstrap']['mean_block_bars']} bars, chosen by Politis-White; "
+        f"{payload['bootstrap']['n_boot']:,} draws, every curve resampled with the same bars), "
+        "95% percentile interval. Probabilistic Sharpe: Bailey and L&oacute;pez de Prado, "
         "with the returns' skewness and kurtosis. Compounded annual figures are shown only for windows of "
         f"{MIN_ANNUALIZE_DAYS:g} days or more.</p>",
     ]
@@ -950,7 +957,11 @@ def render(
         sections += [
             f"<h2>Against the benchmarks (chosen: {e(str(base))})</h2>",
             _table(
-                ["statistic", *[f"vs {n}" + (" (chosen)" if n == base else "") for n in rel_names]], rel_rows
+                [
+                    "statistic",
+                    *[_bench_label(n, h["pairs"]) + (" (chosen)" if n == base else "") for n in rel_names],
+                ],
+                rel_rows,
             ),
             "<p class='note'>Sharpe difference = agent - benchmark, paired stationary bootstrap "
             "(the same resampled bars for both curves). An interval containing 0 means no "
