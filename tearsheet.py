@@ -511,7 +511,10 @@ def fig_heatmap(table: Mapping[str, float], title: str) -> str:
     ax.set_yticks(range(len(years)), [str(y) for y in years])
     for (i, j), value in np.ndenumerate(grid):
         if np.isfinite(value):
-            ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=8)
+            dark = abs(value) > 0.7 * bound  # the colour map's ends are dark: white text there
+            ax.text(
+                j, i, f"{value:.1f}", ha="center", va="center", fontsize=8, color="white" if dark else "black"
+            )
     ax.set_title(title, fontsize=10)
     return _png(fig, dates=False)
 
@@ -713,6 +716,16 @@ def figures(
     import matplotlib
 
     matplotlib.use("Agg")  # files only: never needs a display
+    import matplotlib.pyplot as plt
+
+    # The same look whatever the caller set globally (a plotting library's theme, a notebook style).
+    with plt.style.context("default"):
+        return _figures(records, periods, close, payload)
+
+
+def _figures(
+    records: Mapping[str, Curve], periods: float, close: np.ndarray, payload: Mapping[str, Any]
+) -> list[tuple[str, str, str]]:
     names = list(records)
     lead = records[names[0]]
     base = payload["relative_to"]

@@ -226,6 +226,18 @@ def test_short_window_is_not_annualized(tmp_path):
     assert page.count("n/a (window &lt; 90 days)") >= 2 * len(records)
 
 
+@pytest.mark.parametrize("n_bars", [2, 3])
+def test_tiny_windows_still_report(tmp_path, n_bars):
+    # performance.py accepts ranges of 2 bars: no interval, no rolling value, but a whole report.
+    market = market_of(n_bars, seed=4)
+    agent, _ = agent_with_portfolio(market)
+    records = {"agent": agent, **perf.run_benchmarks(market, CFG)}
+    data = tearsheet.write(tmp_path, records, 8760.0, market.close, n_boot=200)
+    assert data["agent"]["sharpe_ci_95"] == [None, None]
+    assert data["header"]["bars"] == n_bars
+    assert (tmp_path / "report.html").read_text().count("data-figure=") == len(FIGURES)
+
+
 def test_refuses_empty_records():
     with pytest.raises(ValueError, match="records is empty"):
         tearsheet.compute({}, 8760.0, np.zeros((3, 1)))
