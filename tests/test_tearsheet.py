@@ -30,8 +30,8 @@ CASH = 10_000.0
 CFG = {"initial_cash": CASH, "fee_rate": 0.001, "slippage_bps": 2.0}
 START_MS = 1_609_459_200_000  # 2021-01-01 00:00 UTC
 HOUR_MS = 3_600_000
-FIGURES = ("equity", "excess", "underwater", "monthly", "monthly_excess", "yearly", "rolling", "distribution",
-           "allocation", "contribution", "trading", "calls")
+FIGURES = ("equity", "excess", "monthly_excess", "monthly", "yearly", "rolling", "distribution", "underwater",
+           "allocation", "contribution", "trading", "calls")  # in page order
 
 
 def market_of(n_bars: int, n_pairs: int = 3, seed: int = 0) -> MarketData:
