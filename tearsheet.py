@@ -511,7 +511,10 @@ def fig_heatmap(table: Mapping[str, float], title: str) -> str:
     ax.set_yticks(range(len(years)), [str(y) for y in years])
     for (i, j), value in np.ndenumerate(grid):
         if np.isfinite(value):
-            ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=8)
+            dark = abs(value) > 0.7 * bound  # the colour map's ends are dark: white text there
+            ax.text(
+                j, i, f"{value:.1f}", ha="center", va="center", fontsize=8, color="white" if dark else "black"
+            )
     ax.set_title(title, fontsize=10)
     return _png(fig, dates=False)
 
@@ -713,44 +716,39 @@ def figures(
     import matplotlib
 
     matplotlib.use("Agg")  # files only: never needs a display
+    import matplotlib.pyplot as plt
+
+    # The same look whatever the caller set globally (a plotting library's theme, a notebook style).
+    with plt.style.context("default"):
+        return _figures(records, periods, close, payload)
+
+
+def _figures(
+    records: Mapping[str, Curve], periods: float, close: np.ndarray, payload: Mapping[str, Any]
+) -> list[tuple[str, str, str]]:
     names = list(records)
     lead = records[names[0]]
     base = payload["relative_to"]
+    monthly = payload["monthly_returns"]
     out = [("equity", "Equity (log scale)", fig_equity(records))]
     if base is not None:
         out.append(("excess", f"Excess return over the benchmarks ({base} bold)", fig_excess(records, base)))
-    out.append(
-        ("underwater", "Underwater curve", fig_underwater(records, base, payload["drawdowns"][names[0]]))
-    )
-    out.append(
-        (
-            "monthly",
-            "Monthly returns of the agent (%)",
-            fig_heatmap(payload["monthly_returns"][names[0]], f"Monthly returns of {names[0]} (%)"),
-        )
-    )
-    if base is not None:
-        agent_m, base_m = payload["monthly_returns"][names[0]], payload["monthly_returns"][base]
-        excess_m = {k: (1 + agent_m[k]) / (1 + base_m[k]) - 1 for k in agent_m if k in base_m}
-        out.append(
-            (
-                "monthly_excess",
-                f"Monthly excess over {base} (%)",
-                fig_heatmap(
-                    excess_m, f"Monthly excess return over {base}: (1 + agent) / (1 + benchmark) - 1 (%)"
-                ),
-            )
-        )
+        excess_m = {
+            k: (1 + v) / (1 + monthly[base][k]) - 1
+            for k, v in monthly[names[0]].items()
+            if k in monthly[base]
+        }
+        title = f"Monthly excess return over {base}: (1 + agent) / (1 + benchmark) - 1 (%)"
+        out.append(("monthly_excess", f"Monthly excess over {base} (%)", fig_heatmap(excess_m, title)))
+    title = f"Monthly returns of {names[0]} (%)"
+    out.append(("monthly", "Monthly returns of the agent (%)", fig_heatmap(monthly[names[0]], title)))
     out.append(("yearly", "Yearly returns beside the benchmarks", fig_yearly(payload["yearly_returns"])))
     days = payload["rolling_window_days"]
-    out.append(
-        (
-            "rolling",
-            f"Rolling Sharpe ratio and volatility ({days:g}-day window)",
-            fig_rolling(records, base, periods, days),
-        )
-    )
+    rolling = fig_rolling(records, base, periods, days)
+    out.append(("rolling", f"Rolling Sharpe ratio and volatility ({days:g}-day window)", rolling))
     out.append(("distribution", "Distribution of daily returns", fig_distribution(records, base)))
+    underwater = fig_underwater(records, base, payload["drawdowns"][names[0]])
+    out.append(("underwater", "Underwater curve (numbers: the table's episodes)", underwater))
     out.append(("allocation", "Allocation and exposure", fig_allocation(lead)))
     out.append(("contribution", "Per-pair contribution", fig_contribution(lead)))
     out.append(("trading", "Turnover and fees over time", fig_trading(lead)))
@@ -822,6 +820,11 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") ->
     cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
     return f'<table class="{cls}"><tr>{cells}</tr>{body}</table>'
+
+
+def _bench_label(name: str, pairs: Sequence[str]) -> str:
+    """A benchmark's column title; buy_hold_first names its pair (BTC/USDT hold in the usual list)."""
+    return f"vs {name} ({pairs[0]} hold)" if name == "buy_hold_first" and pairs else f"vs {name}"
 
 
 def render(
@@ -918,63 +921,85 @@ def render(
             f"({e(', '.join(f'{k} {100 * v:.1f}%' for k, v in lead['mean_weights'].items()))}); "
             f"it behaves like a fixed mix, not a timing strategy.</p>"
         )
-    hold_rows = [[e(s), "n/a" if v is None else f"{v:,.1f} h"] for s, v in lead["mean_holding_hours"].items()]
-
     spec = payload["specialists"]
-    spec_rows = [
-        [
-            e(s),
-            fmt("hit_rate", v["hit_rate"]),
-            f"{v['calls_scored']:,}",
-            fmt("hit_rate", v["buy_share"]),
-            fmt("hit_rate", v["hold_share"]),
-            fmt("hit_rate", v["sell_share"]),
+    pair_head = ["pair", "mean weight", "mean holding (closed trips)"]
+    if spec:
+        pair_head += ["call hit rate", "calls scored", "buy", "hold", "sell"]
+    pair_rows = []
+    for symbol, hours in lead["mean_holding_hours"].items():
+        row = [
+            e(symbol),
+            fmt("hit_rate", lead["mean_weights"][symbol]),
+            "n/a" if hours is None else f"{hours:,.1f} h",
         ]
-        for s, v in spec.items()
-    ]
+        if symbol in spec:
+            v = spec[symbol]
+            row += [
+                fmt("hit_rate", v["hit_rate"]),
+                f"{v['calls_scored']:,}",
+                fmt("hit_rate", v["buy_share"]),
+                fmt("hit_rate", v["hold_share"]),
+                fmt("hit_rate", v["sell_share"]),
+            ]
+        pair_rows.append(row)
 
-    fig_html = "".join(
-        f'<h3>{e(cap)}</h3><img data-figure="{fid}" alt="{e(cap)}" src="{uri}">' for fid, cap, uri in figs
-    )
+    by_id = {fid: (cap, uri) for fid, cap, uri in figs}
+
+    def fig(*ids: str) -> str:
+        """The figures ``ids`` that exist, each under its caption."""
+        return "".join(
+            f'<h3>{e(by_id[i][0])}</h3><img data-figure="{i}" alt="{e(by_id[i][0])}" src="{by_id[i][1]}">'
+            for i in ids
+            if i in by_id
+        )
+
     sections = [
         f"<h1>{e(title)}</h1>",
         f"<table class='hdr'>{header_html}</table>",
         "<h2>Key metrics</h2>",
         _table(["metric", *names], key_rows),
-        "<p class='note'>Sharpe intervals: stationary bootstrap (Politis-Romano, mean block length chosen "
-        "by Politis-White), 95% percentile interval. Probabilistic Sharpe: Bailey and L&oacute;pez de Prado, "
+        "<p class='note'>Sharpe intervals: stationary bootstrap (Politis-Romano; mean block length "
+        f"{payload['bootstrap']['mean_block_bars']} bars, chosen by Politis-White; "
+        f"{payload['bootstrap']['n_boot']:,} draws, every curve resampled with the same bars), "
+        "95% percentile interval. Probabilistic Sharpe: Bailey and L&oacute;pez de Prado, "
         "with the returns' skewness and kurtosis. Compounded annual figures are shown only for windows of "
         f"{MIN_ANNUALIZE_DAYS:g} days or more.</p>",
+        fig("equity"),
     ]
     if rel_names:
         sections += [
             f"<h2>Against the benchmarks (chosen: {e(str(base))})</h2>",
             _table(
-                ["statistic", *[f"vs {n}" + (" (chosen)" if n == base else "") for n in rel_names]], rel_rows
+                [
+                    "statistic",
+                    *[_bench_label(n, h["pairs"]) + (" (chosen)" if n == base else "") for n in rel_names],
+                ],
+                rel_rows,
             ),
             "<p class='note'>Sharpe difference = agent - benchmark, paired stationary bootstrap "
             "(the same resampled bars for both curves). An interval containing 0 means no "
             "demonstrated edge.</p>",
+            fig("excess", "monthly_excess"),
         ]
     sections += [
+        "<h2>Returns over time</h2>",
+        fig("monthly", "yearly", "rolling", "distribution"),
         f"<h2>Five worst drawdowns of {e(names[0])}</h2>",
         _table(["#", "start (peak)", "trough", "recovery", "depth", "under water"], dd_rows)
         if dd_rows
         else "<p>No drawdown.</p>",
+        fig("underwater"),
         "<h2>Trading</h2>",
         static_note,
         _table(["statistic", *names], trade_rows),
-        f"<h3>Mean holding time per pair ({e(names[0])}, closed round trips)</h3>",
-        _table(["pair", "mean holding"], hold_rows),
+        f"<h3>Per pair ({e(names[0])})</h3>",
+        _table(pair_head, pair_rows),
+        "<p class='note'>A specialist's buy (sell) call at a bar's close is right when the next close "
+        "is higher (lower); holds and unchanged prices are not scored.</p>"
+        if spec
+        else "",
+        fig("allocation", "contribution", "trading", "calls"),
     ]
-    if spec_rows:
-        sections += [
-            "<h2>Specialists</h2>",
-            _table(["pair", "hit rate", "calls scored", "buy", "hold", "sell"], spec_rows),
-            "<p class='note'>A buy (sell) call at a bar's close is right when the next close is "
-            "higher (lower); holds and unchanged prices are not scored.</p>",
-        ]
-    sections += ["<h2>Figures</h2>", fig_html]
     style = (
         "body{font-family:sans-serif;margin:2em;max-width:1200px;color:#222}"
         "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;"

@@ -1,6 +1,7 @@
 """Backtest speed: one year of hourly bars for 10 pairs.
 
     python bench/bench_backtest.py [--data-dir ../shared/data/binance_spot_1h_2017_2022] [--run DIR]
+                                   [--report DIR]
 
 Prints a table with, in the same run:
 - accounting alone: the equal-weight portfolio rebalanced every bar through `Portfolio` with the
@@ -8,7 +9,8 @@ Prints a table with, in the same run:
   fixed-weight simulation (`Portfolio.from_orders`, target percent, fees, shared cash, sells
   first), warm, and a plain numpy loop of the same rule;
 - the whole backtest as `performance.py` runs it: loading the run, policy inference through the
-  env, the four benchmarks, metrics and every figure of the report. It uses ``--run`` (a run over
+  env, the four benchmarks, and the tearsheet (metrics, bootstrap intervals, every figure, the
+  self-contained report.html; kept in ``--report DIR`` when given). It uses ``--run`` (a run over
   these 10 pairs) when given, otherwise it first trains a one-iteration run on configs/smoke.yaml
   over them (not timed: inference costs the same whatever the weights).
 Aims (issue 8): whole backtest under 15 s; accounting within 4x of vectorbt.
@@ -159,15 +161,16 @@ def train_bench_run(data_dir: Path, workdir: Path) -> Path:
     return workdir / "saved" / "bench"
 
 
-def bench_full(market: MarketData, run_dir: Path) -> list[tuple[str, float, str]]:
-    """The whole backtest (load run, policy through the env, benchmarks, metrics, report) on ``market``."""
-    with tempfile.TemporaryDirectory() as out:
+def bench_full(market: MarketData, run_dir: Path, report: Path | None = None) -> list[tuple[str, float, str]]:
+    """The whole backtest (load run, policy through the env, benchmarks, metrics, report) on ``market``;
+    the report goes to ``report`` when given (else a temporary folder)."""
+    with tempfile.TemporaryDirectory() as scratch:
         t0, c0 = time.perf_counter(), time.process_time()
-        result = perf.backtest(run_dir, out, market=market)
+        result = perf.backtest(run_dir, report or scratch, market=market)
         total, cpu = time.perf_counter() - t0, time.process_time() - c0
     # The CPU seconds show what the wall time would be on an idle machine (the backtest is one thread).
     rows = [("full backtest (total)", total, f"CPU {cpu:.1f} s; load run, inference through env, benchmarks, "
-             "metrics, plots")]
+             "metrics, tearsheet")]
     rows += [(f"  {phase}", wall, f"CPU {cpu:.2f} s") for phase, (wall, cpu) in result.timings.items()]
     return rows
 
@@ -176,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--run", type=Path, default=None, help="saved_models/<run_id> to backtest")
+    parser.add_argument("--report", type=Path, default=None, help="keep the backtest's report in this folder")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     market = load_year(args.data_dir)
@@ -184,9 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = [("load CSV candles + indicators (not in total)", load_s, "")] + bench_accounting(market)
     with tempfile.TemporaryDirectory() as work:
         if args.run is not None:
-            rows += bench_full(market, args.run)
+            rows += bench_full(market, args.run, args.report)
         elif market.meta.get("source") == "csv":
-            rows += bench_full(market, train_bench_run(args.data_dir, Path(work)))
+            rows += bench_full(market, train_bench_run(args.data_dir, Path(work)), args.report)
         else:
             rows.append(("full backtest", float("nan"), "skipped: needs --run or the shared CSV data"))
     print(f"{'phase':44s}{'seconds':>10s}  notes")

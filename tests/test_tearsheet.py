@@ -30,8 +30,8 @@ CASH = 10_000.0
 CFG = {"initial_cash": CASH, "fee_rate": 0.001, "slippage_bps": 2.0}
 START_MS = 1_609_459_200_000  # 2021-01-01 00:00 UTC
 HOUR_MS = 3_600_000
-FIGURES = ("equity", "excess", "underwater", "monthly", "monthly_excess", "yearly", "rolling", "distribution",
-           "allocation", "contribution", "trading", "calls")
+FIGURES = ("equity", "excess", "monthly_excess", "monthly", "yearly", "rolling", "distribution", "underwater",
+           "allocation", "contribution", "trading", "calls")  # in page order
 
 
 def market_of(n_bars: int, n_pairs: int = 3, seed: int = 0) -> MarketData:
@@ -224,6 +224,18 @@ def test_short_window_is_not_annualized(tmp_path):
     assert data["rolling_window_days"] == pytest.approx(7 * 24 / 24 / 4 - 1 / 24 / 4, rel=0.02)
     page = (tmp_path / "report.html").read_text()
     assert page.count("n/a (window &lt; 90 days)") >= 2 * len(records)
+
+
+@pytest.mark.parametrize("n_bars", [2, 3])
+def test_tiny_windows_still_report(tmp_path, n_bars):
+    # performance.py accepts ranges of 2 bars: no interval, no rolling value, but a whole report.
+    market = market_of(n_bars, seed=4)
+    agent, _ = agent_with_portfolio(market)
+    records = {"agent": agent, **perf.run_benchmarks(market, CFG)}
+    data = tearsheet.write(tmp_path, records, 8760.0, market.close, n_boot=200)
+    assert data["agent"]["sharpe_ci_95"] == [None, None]
+    assert data["header"]["bars"] == n_bars
+    assert (tmp_path / "report.html").read_text().count("data-figure=") == len(FIGURES)
 
 
 def test_refuses_empty_records():
