@@ -694,7 +694,7 @@ def fold_table(
     rows = []
     bounds = [*fold_rows[1:], len(next(iter(records.values())).equity)]
     for fold, lo, hi, info in zip(plan, fold_rows, bounds, fold_info, strict=True):
-        dates = {k: v for k, v in fold.as_row().items() if not k.endswith("_ms")}
+        dates = {k: v for k, v in fold.as_row().items() if not k.endswith("_ms") and k != "index"}
         row: dict[str, Any] = {"fold": fold.index, **dates,
                                "test_bars": hi - lo, **info}  # fmt: skip
         for name, rec in records.items():
