@@ -693,7 +693,7 @@ def fold_table(
     rows = []
     bounds = [*fold_rows[1:], len(next(iter(records.values())).equity)]
     for fold, lo, hi, info in zip(plan, fold_rows, bounds, fold_info, strict=True):
-        dates = {k: v for k, v in fold.as_row().items() if not k.endswith("_ms")}
+        dates = {k: v for k, v in fold.as_row().items() if not k.endswith("_ms") and k != "index"}
         row: dict[str, Any] = {"fold": fold.index, **dates,
                                "test_bars": hi - lo, **info}  # fmt: skip
         for name, rec in records.items():
@@ -863,6 +863,8 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{max-width:10
 ({html.escape(", ".join(records["agent"].symbols))});
 fees and execution identical for every curve ({html.escape(str(summary["portfolio"]))}).</p>
 <img src="stitched.png" alt="stitched equity">
+<p>The full tearsheet of these stitched curves (rolling and yearly figures, drawdown table, costs):
+<a href="tearsheet/report.html">tearsheet/report.html</a>.</p>
 <h2>Stitched out-of-sample curves</h2>
 <table>{head}{"".join(body)}</table>
 <p>Agent: probabilistic Sharpe ratio {fmt("sharpe", agent["probabilistic_sharpe"])} (P[true Sharpe &gt; 0]);
@@ -1024,7 +1026,35 @@ def run_walk_forward(
     write_report(
         paths.out_dir, f"Walk-forward {paths.run_id}", summary, records, table, chain.fold_rows, plan
     )
+    write_tearsheet(paths.out_dir / "tearsheet", records, periods, market, cfg, portfolio_cfg, paths.run_id)
     return WalkForwardResult(paths, summary, records, table, time.monotonic() - started)
+
+
+def write_tearsheet(
+    out_dir: Path,
+    records: Mapping[str, Any],
+    periods: float,
+    market: MarketData,
+    cfg: Mapping[str, Any],
+    portfolio_cfg: Mapping[str, Any],
+    run_id: str,
+) -> None:
+    """The project's full tearsheet (tearsheet.py) of the stitched curves, beside report.html."""
+    import market_data
+    import tearsheet
+
+    folds_note = f"{cfg['folds']['mode']}, seeds {cfg['seeds']['values']} ({cfg['seeds']['combine']})"
+    notes = {"walk-forward": run_id, "folds": folds_note, "portfolio": dict(portfolio_cfg)}
+    tearsheet.write(
+        out_dir,
+        records,
+        periods,
+        market.close,
+        title=f"Walk-forward {run_id}: stitched out of sample",
+        notes=notes,
+        data_source=market_data.describe_source(dict(cfg["data"]["source"])),
+        n_boot=int(cfg["statistics"]["bootstrap_samples"]),
+    )
 
 
 def format_summary(result: WalkForwardResult) -> str:

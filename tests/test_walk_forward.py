@@ -392,6 +392,7 @@ def test_smoke_walk_forward_killed_then_resumed_end_to_end(tmp_path):
     assert len(folds_csv) == 3 and folds_csv[0].startswith("fold,")
     report = (wf_dir / "report.html").read_text()
     assert "stitched.png" in report and "Per fold" in report and (wf_dir / "stitched.png").stat().st_size > 0
+    assert "agent" in (wf_dir / "tearsheet" / "report.html").read_text()  # the stitched curves' tearsheet
 
     # Replay: the folds' runs loaded from disk with the decision core, chained on one account.
     cfg = wf.load_config(wf_dir / "config.yaml")
