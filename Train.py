@@ -760,7 +760,8 @@ def _module_returns(result: dict[str, Any]) -> dict[str, float]:
 
 def _agent_steps(result: dict[str, Any]) -> int:
     sampled = result.get("env_runners", {}).get("num_agent_steps_sampled", {}) or {}
-    return int(sum(int(value) for value in sampled.values()))
+    # RLlib reports NaN for an agent no runner sampled this iteration (seen under heavy CPU load).
+    return int(sum(int(value) for value in sampled.values() if math.isfinite(value)))
 
 
 def _write_json(path: Path, payload: Any) -> None:
