@@ -18,6 +18,7 @@ import copy
 import csv
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -441,7 +442,8 @@ def module_returns(result: dict[str, Any]) -> dict[str, float]:
 
 def agent_steps(result: dict[str, Any]) -> int:
     sampled = result.get("env_runners", {}).get("num_agent_steps_sampled", {}) or {}
-    return int(sum(int(value) for value in sampled.values()))
+    # RLlib reports NaN for an agent no runner sampled this iteration (seen under heavy CPU load).
+    return int(sum(int(value) for value in sampled.values() if math.isfinite(value)))
 
 
 def format_row(row: dict[str, Any], metric: str) -> str:
