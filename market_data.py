@@ -157,6 +157,26 @@ def align(
     )
 
 
+def from_candles(
+    symbols: list[str], timeframe: str, candles: list[np.ndarray], meta: dict[str, Any] | None = None
+) -> MarketData:
+    """Aligned market arrays from each pair's candles ([rows, 6]: ts_ms, open, high, low, close, volume,
+    sorted by time), with ``indicators.compute_indicators`` over each pair's whole array (`align` rule)."""
+    from binance.symbols import timeframe_ms
+    from indicators import FEATURE_NAMES, compute_indicators
+
+    step_ms = timeframe_ms(timeframe)
+    series = []
+    for rows in candles:
+        times = rows[:, 0].astype(np.int64)
+        ind = compute_indicators(rows[:, 1], rows[:, 2], rows[:, 3], rows[:, 4], rows[:, 5], times, step_ms)
+        entry = {"open_time_ms": times, "open": rows[:, 1], "high": rows[:, 2], "low": rows[:, 3],
+                 "close": rows[:, 4], "volume": rows[:, 5], "warm": ind["warm"]}
+        entry.update({name: ind[name] for name in FEATURE_NAMES})
+        series.append(entry)
+    return align(list(symbols), timeframe, series, list(FEATURE_NAMES), meta)
+
+
 def from_csv_dir(
     directory: str | Path,
     symbols: list[str] | None,
@@ -171,8 +191,7 @@ def from_csv_dir(
     aligned (`align`) and cut to [start, end). ``symbols=None`` takes every file in the folder.
     The feature columns are ``indicators.FEATURE_NAMES``, the same as ``db.load_market``'s.
     """
-    from binance.symbols import symbol_from_file_stem, timeframe_ms
-    from indicators import FEATURE_NAMES, compute_indicators
+    from binance.symbols import symbol_from_file_stem
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -182,18 +201,8 @@ def from_csv_dir(
         symbols = [symbol_from_file_stem(stem) for stem in stems]
     if not symbols:
         raise ValueError(f"no symbols given and no candle files in {directory}")
-    step_ms = timeframe_ms(timeframe)
-    series = []
-    for symbol in symbols:
-        rows = _read_candles_csv(_candle_file(directory, symbol))
-        times = rows[:, 0].astype(np.int64)
-        ind = compute_indicators(rows[:, 1], rows[:, 2], rows[:, 3], rows[:, 4], rows[:, 5], times, step_ms)
-        entry = {"open_time_ms": times, "open": rows[:, 1], "high": rows[:, 2], "low": rows[:, 3],
-                 "close": rows[:, 4], "volume": rows[:, 5], "warm": ind["warm"]}
-        entry.update({name: ind[name] for name in FEATURE_NAMES})
-        series.append(entry)
-    meta = {"source": "csv", "path": str(directory)}
-    data = align(list(symbols), timeframe, series, list(FEATURE_NAMES), meta)
+    candles = [_read_candles_csv(_candle_file(directory, symbol)) for symbol in symbols]
+    data = from_candles(list(symbols), timeframe, candles, {"source": "csv", "path": str(directory)})
     start_ms = None if start is None else to_ms(start)
     end_ms = None if end is None else to_ms(end)
     return data.slice_time(start_ms, end_ms)
