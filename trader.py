@@ -47,6 +47,7 @@ QUOTE = "USDT"
 # Defaults of configs/trade.yaml (every key documented there; tests check both agree).
 TRADE_DEFAULTS: dict[str, Any] = {
     "account": None,
+    "scheduled_run": None,
     "initial_cash": None,
     "exchange": "binance",
     "history": {"start": None, "indicator_warmup_bars": 1000},
@@ -739,6 +740,27 @@ def _close_weights(pf: Any, close: np.ndarray) -> tuple[float, np.ndarray]:
     from backtest import close_weights
 
     return close_weights(pf.qty, pf.cash, close)
+
+
+def run_once(
+    run_dir: str | Path | None = None, mode: str = "paper", config: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """One cycle of ``run_dir`` (default: ``scheduled_run`` of the trade config), for schedulers
+    (the paper_trading DAG); returns a JSON-able summary."""
+    cfg = dict(config or load_config())
+    run_dir = run_dir or cfg["scheduled_run"]
+    if not run_dir:
+        raise TradeRefused(
+            "no run to trade: set scheduled_run in configs/trade.yaml (e.g. saved_models/NAME)"
+        )
+    result = Trader(run_dir, mode, cfg).cycle()
+    return {
+        "bar_open_time_ms": result.bar_open_time_ms,
+        "status": result.status,
+        "message": result.message,
+        "orders": len(result.orders),
+        "equity": result.equity,
+    }
 
 
 def run_loop(trader: Trader, *, max_cycles: int | None = None) -> None:
