@@ -196,7 +196,7 @@ class FakeAccount:
         index = int(np.searchsorted(series.ts_ms, self.fake.now_ms, side="right")) - 1
         if index < 0:
             raise ValueError(f"{symbol} has no candle at or before {self.fake.now_ms}")
-        return float(series.ohlcv[index, 0])
+        return round(float(series.ohlcv[index, 0]), 8)  # as the klines publish it
 
     def _new_order(self, params: dict[str, str]) -> tuple[int, Any]:
         symbol, problem = self._symbol(params)
