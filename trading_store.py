@@ -209,15 +209,19 @@ def set_decision_status(conn: Connection, account: str, bar_open_time_ms: int, s
     )
 
 
-def decisions(conn: Connection | Engine, account: str, status: str | None = None) -> list[DecisionRow]:
-    """The account's decisions (all, or those with ``status``), oldest first."""
+def decisions(
+    conn: Connection | Engine, account: str, status: str | None = None, bar_open_time_ms: int | None = None
+) -> list[DecisionRow]:
+    """The account's decisions (all, those with ``status``, or the one of a bar), oldest first."""
     sql = (
         "SELECT bar_open_time_ms, run_id, calls, target_weights, weights_before, limit_scale, limit_reason,"
         " status FROM trading.decisions WHERE account = :account"
         + (" AND status = :status" if status else "")
+        + (" AND bar_open_time_ms = :bar" if bar_open_time_ms is not None else "")
         + " ORDER BY bar_open_time_ms"
     )
-    rows = _run(conn, text(sql), {"account": account, "status": status}).all()
+    params = {"account": account, "status": status, "bar": bar_open_time_ms}
+    rows = _run(conn, text(sql), params).all()
     return [
         DecisionRow(
             int(r[0]),
@@ -234,7 +238,8 @@ def decisions(conn: Connection | Engine, account: str, status: str | None = None
 
 
 def get_decision(conn: Connection | Engine, account: str, bar_open_time_ms: int) -> DecisionRow | None:
-    return next((d for d in decisions(conn, account) if d.bar_open_time_ms == bar_open_time_ms), None)
+    found = decisions(conn, account, bar_open_time_ms=int(bar_open_time_ms))
+    return found[0] if found else None
 
 
 # ------------------------------------------------------------------------------------------ orders

@@ -23,7 +23,8 @@ Faults on top of the fake exchange's own (``fake.inject("500", path="/api/v3/ord
 request BEFORE the order is accepted): :meth:`FakeAccount.inject` adds faults that strike AFTER
 the order was accepted and filled, so the client cannot know its outcome:
 ``accept_timeout`` (the answer comes ``delay_s`` late, after the client's timeout) and
-``accept_500`` (HTTP 500 with Binance's -1007 "execution status unknown").
+``accept_500`` (HTTP 500 with Binance's -1007 "execution status unknown"); and forced rejections of
+the next order, ``reject_balance`` (-2010) and ``reject_min_notional`` (-1013 NOTIONAL).
 
 CLI: a fake exchange with an account and an accelerated clock, for ``make paper``::
 
@@ -53,7 +54,7 @@ from binance.symbols import parse_symbol
 log = logging.getLogger(__name__)
 
 ORDER_PATHS = ("/api/v3/order", "/api/v3/openOrders", "/api/v3/myTrades", "/api/v3/account")
-ACCOUNT_FAULT_KINDS = ("accept_timeout", "accept_500")
+ACCOUNT_FAULT_KINDS = ("accept_timeout", "accept_500", "reject_balance", "reject_min_notional")
 MIN_NOTIONAL_QUOTE = 5.0  # the NOTIONAL filter fake_exchange publishes
 
 _ERR = {
@@ -227,6 +228,10 @@ class FakeAccount:
             return _ERR["notional"]
         client_id = params.get("newClientOrderId") or f"fake-{next(self._ids)}"
         with self._lock:
+            forced = self._take_fault(("reject_balance", "reject_min_notional"))
+            if forced is not None:
+                log.info("fake Binance: injecting %s on order %s", forced.kind, client_id)
+                return _ERR["balance" if forced.kind == "reject_balance" else "notional"]
             if any(o["clientOrderId"] == client_id and o["status"] == "NEW" for o in self.orders.values()):
                 return _ERR["duplicate"]
             pay, get = (quote, base) if side == "BUY" else (base, quote)
@@ -278,7 +283,7 @@ class FakeAccount:
             }
             self.orders[order_id] = order
             self.trades.append(trade)
-            fault = self._take_fault()
+            fault = self._take_fault(("accept_timeout", "accept_500"))
         log.info(
             "fake Binance: %s %s %s @ %s filled (order %d, %s)",
             side,
@@ -316,8 +321,10 @@ class FakeAccount:
             ]
         return 200, answer
 
-    def _take_fault(self) -> AccountFault | None:
+    def _take_fault(self, kinds: tuple[str, ...]) -> AccountFault | None:
         for fault in self.faults:
+            if fault.kind not in kinds:
+                continue
             if fault.count > 0:
                 fault.count -= 1
                 if fault.count == 0:

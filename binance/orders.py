@@ -100,11 +100,33 @@ def _transient(exc: ccxt.BaseError) -> bool:
     return isinstance(exc, ccxt.NetworkError | ccxt.OperationFailed)
 
 
+class _RedactKeys(logging.Filter):
+    """Replaces API keys and secrets in log records with ``***``: ccxt's DEBUG log of every request
+    prints its headers, the API key among them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(secret in message for secret in self.secrets):
+            for secret in self.secrets:
+                message = message.replace(secret, "***")
+            record.msg, record.args = message, None
+        return True
+
+
+_REDACT = _RedactKeys()
+logging.getLogger("ccxt.base.exchange").addFilter(_REDACT)  # the logger ccxt's requests are logged to
+
+
 class OrderGateway:
     """Market orders, lookups and balances on one ccxt exchange (markets are loaded on first use)."""
 
     def __init__(self, client: ccxt.Exchange) -> None:
         self.client = client
+        _REDACT.secrets.update(s for s in (client.apiKey, client.secret) if s)
         # fetchOpenOrders without a symbol is allowed by the API; ccxt only warns about its weight.
         client.options["warnOnFetchOpenOrdersWithoutSymbol"] = False
 
