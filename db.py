@@ -409,7 +409,7 @@ def load_market(
     ``meta`` records the source and how many bars were dropped.
     """
     from indicators import FEATURE_NAMES
-    from market_data import MarketData
+    from market_arrays import MarketData
 
     symbols = list(symbols)
     if not symbols or len(set(symbols)) != len(symbols):

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from market_data import MarketData
+from market_arrays import MarketData
 from settings import ConfigError, merge
 
 LEARNED = "learned"

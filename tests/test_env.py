@@ -166,7 +166,7 @@ def test_meta_observation_holds_features_answers_and_weights():
         t = raw.bar
         raw.step(0)  # specialist_SYN2 sells
         obs = raw.observe("meta")
-        np.testing.assert_array_equal(obs[: n * f], raw._latest[t].reshape(-1))
+        np.testing.assert_array_equal(obs[: n * f], raw.observed.features[t].reshape(-1))
         np.testing.assert_array_equal(obs[n * f : n * f + n], [rsi[t, 0], boll[t, 1], -1])
         np.testing.assert_allclose(obs[n * f + n :], raw.portfolio.weights(data.close[t]), atol=1e-6)
         raw.step(np.array([3, 0, 0, 1], np.float32))
@@ -184,13 +184,15 @@ def test_target_weights_respect_the_limits():
 
 def test_training_episodes_random_start_fixed_length_eval_whole_split():
     data = small_market()
-    train = S.raw_env(data=data, episode_length=50)
+    # Training starts where observations are fully warm (history_bars - 1 = 107 of 400 bars here).
+    train = S.raw_env(data=data, episode_length=50, normalization={"window": 100})
+    assert train.history_bars == 100 + 8 - 1
     starts = set()
     for seed in range(8):
         record = play(train, random_actions(train, np.random.default_rng(seed)), seed=seed)
         metas = [r for r in record if r[0] == "meta" and not (r[3] or r[4])]
         assert len(metas) == 50 and train.stop_bar - train.start_bar == 50
-        assert train.start_bar >= train._warmup and train.stop_bar <= data.n_bars - 1
+        assert train.start_bar >= train.history_bars - 1 and train.stop_bar <= data.n_bars - 1
         starts.add(train.start_bar)
     assert len(starts) > 1
     ev = S.raw_env(data=data, mode="eval", episode_length=50)
@@ -369,7 +371,8 @@ def test_accounting_equals_portfolio_and_rewards_recomputed_independently(band):
 
 
 def trajectory(seed: int) -> list[bytes]:
-    env = S.env(data=small_market(), episode_length=120, specialists={"pairs": {"SYN2": "rsi"}})
+    env = S.env(data=small_market(), episode_length=120, specialists={"pairs": {"SYN2": "rsi"}},
+                normalization={"window": 100})
     out = []
     for agent, obs, reward, term, trunc, info in play(
         env, random_actions(env, np.random.default_rng(5)), seed=seed

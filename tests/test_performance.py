@@ -173,8 +173,8 @@ def test_refuses_empty_range():
     cfg = {"data": {"splits": {"train": {"start": "2020-01-01", "end": "2020-06-01"},
                                "validation": {"start": "2020-06-01", "end": "2020-09-01"},
                                "test": {"start": "2020-09-01", "end": "2021-01-01"}}}}
-    part, label = perf.select_range(cfg, market, "test", None, None)
-    assert part.n_bars == 48 and label == "test split"
+    part, first_bar, label = perf.select_range(cfg, market, "test", None, None)
+    assert part.n_bars == 48 and first_bar == 0 and label == "test split"
     with pytest.raises(perf.BacktestError, match="holds 0 bars"):
         perf.select_range(cfg, market, "train", None, None)
     with pytest.raises(perf.BacktestError, match="holds 0 bars"):
@@ -183,8 +183,20 @@ def test_refuses_empty_range():
         perf.select_range(cfg, market, None, "2021-01-01", "2020-01-01")
     with pytest.raises(perf.BacktestError, match="not a date"):
         perf.select_range(cfg, market, None, "yesterday", None)
-    part, _ = perf.select_range(cfg, market, None, "2020-09-14", "2020-09-14T06:00")
+    part, _, _ = perf.select_range(cfg, market, None, "2020-09-14", "2020-09-14T06:00")
     assert part.n_bars == 6
+
+
+def test_range_comes_with_its_history_or_is_refused():
+    market = toy_market(n_bars=48)  # hourly from 2020-09-13 12:26 UTC: 12 bars before 2020-09-14
+    cfg = {"data": {"splits": {"test": {"start": "2020-09-14", "end": "2021-01-01"}}}}
+    part, first_bar, _ = perf.select_range(cfg, market, "test", None, None, history_bars=5)
+    assert first_bar == 4 and part.open_time_ms[first_bar] >= perf.parse_date_ms("2020-09-14", "x")
+    assert part.open_time_ms[first_bar - 1] < perf.parse_date_ms("2020-09-14", "x")
+    np.testing.assert_array_equal(part.close, market.close[market.n_bars - part.n_bars :])
+    # 12 bars before the first one: 13 up to and including it, so a need of 20 lacks 7.
+    with pytest.raises(perf.BacktestError, match="needs 20 bars.*holds 13, so 7 bars are missing"):
+        perf.select_range(cfg, market, "test", None, None, history_bars=20)
 
 
 # ------------------------------------------------------------------------------ end to end (slow)
