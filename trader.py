@@ -24,7 +24,6 @@ at any point neither loses nor duplicates an order (see trading_store.py).
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -36,7 +35,7 @@ import numpy as np
 from sqlalchemy.engine import Engine
 
 import trading_store as store
-from settings import ConfigError, env, load_yaml, merge
+from settings import ConfigError, env, format_ms, load_yaml, merge
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +227,9 @@ class Trader:
             candles.append(frame.to_numpy(dtype=np.float64))
         if any(len(c) == 0 for c in candles):
             empty = [s for s, c in zip(self.symbols, candles, strict=True) if len(c) == 0]
-            raise TradeRefused(f"no stored candles for {empty} before {_iso(end_ms)}; check the exchange")
+            raise TradeRefused(
+                f"no stored candles for {empty} before {format_ms(end_ms)}; check the exchange"
+            )
         return market_data.from_candles(self.symbols, self.timeframe, candles, {"source": "db candles"})
 
     # ------------------------------------------------------------------ the cycle
@@ -256,8 +257,8 @@ class Trader:
         last = int(history.open_time_ms[-1])
         if last != bar:
             message = (
-                f"the bar {_iso(bar)} is not stored for every pair yet (aligned data ends at "
-                f"{_iso(last)}); no decision this cycle"
+                f"the bar {format_ms(bar)} is not stored for every pair yet (aligned data ends at "
+                f"{format_ms(last)}); no decision this cycle"
             )
             log.warning(message)
             return CycleResult(bar, "waiting_for_data", message)
@@ -276,7 +277,7 @@ class Trader:
         if existing is not None and not self.dry_run:
             if self.mode != "paper" and existing.status == "open":
                 self._send_orders(bar)
-            return CycleResult(bar, "already_done", f"bar {_iso(bar)} was already decided")
+            return CycleResult(bar, "already_done", f"bar {format_ms(bar)} was already decided")
 
         from backtest import close_weights
 
@@ -306,7 +307,7 @@ class Trader:
             self._write_marks(conn, bar, holdings, close, value, weights, fees)
         log.info(
             "decided after %s: targets %s%s; %d order(s)",
-            _iso(bar),
+            format_ms(bar),
             _fmt_weights(target, self.symbols),
             f" (limited x{scale:.3f}: {reason})" if reason else "",
             len(orders),
@@ -337,7 +338,8 @@ class Trader:
         ruin = float(self.env_cfg["ruin_fraction"]) * self.initial_cash
         if value <= ruin:
             reason = (
-                f"equity {value:,.2f} at {_iso(bar)} is at or below ruin ({ruin:,.2f}, env.ruin_fraction)"
+                f"equity {value:,.2f} at {format_ms(bar)} is at or below the ruin level "
+                f"{ruin:,.2f} (env.ruin_fraction)"
             )
         max_dd = self.cfg["limits"]["max_drawdown"]
         if reason is None and max_dd is not None:
@@ -346,7 +348,7 @@ class Trader:
             drawdown = 1.0 - value / peak
             if drawdown >= float(max_dd):
                 reason = (
-                    f"drawdown {drawdown:.1%} from the peak {peak:,.2f} at {_iso(bar)} reached "
+                    f"drawdown {drawdown:.1%} from the peak {peak:,.2f} at {format_ms(bar)} reached "
                     f"limits.max_drawdown {float(max_dd):.1%}"
                 )
         if reason is not None:
@@ -478,7 +480,6 @@ class Trader:
     ) -> list[store.OrderRow]:
         """The orders a paper decision would execute if the next open equalled this close."""
         from backtest import make_portfolio
-
         from binance.orders import client_order_id
 
         pf = make_portfolio(self.symbols, self.portfolio_cfg)
@@ -558,7 +559,9 @@ class Trader:
             self._send(order, order.client_order_id in fresh)
         unsettled = store.orders(self.engine, self.account_name, bar, store.PENDING_ORDER_STATES)
         if any(o.side == "sell" for o in unsettled):
-            log.error("a sell's outcome is still unknown: buys of %s wait for the next reconcile", _iso(bar))
+            log.error(
+                "a sell's outcome is still unknown: buys of %s wait for the next reconcile", format_ms(bar)
+            )
             return
         for order in [o for o in pending if o.side == "buy"]:
             self._send(order, order.client_order_id in fresh)
@@ -721,7 +724,7 @@ class Trader:
                 log.warning(
                     "order %s of %s was never sent; not sending it late",
                     order.client_order_id,
-                    _iso(pending.bar_open_time_ms),
+                    format_ms(pending.bar_open_time_ms),
                 )
                 with self.engine.begin() as conn:
                     store.update_order(conn, order.client_order_id, "not_sent")
@@ -771,7 +774,9 @@ def run_loop(trader: Trader, *, max_cycles: int | None = None) -> None:
     while max_cycles is None or cycles < max_cycles:
         result = trader.cycle()
         cycles += 1
-        log.info("cycle %d: %s %s %s", cycles, _iso(result.bar_open_time_ms), result.status, result.message)
+        log.info(
+            "cycle %d: %s %s %s", cycles, format_ms(result.bar_open_time_ms), result.status, result.message
+        )
         if result.status == "halted":
             return
         wake = (result.bar_open_time_ms or 0) + 2 * trader.step_ms + delay_ms  # next bar's close + delay
@@ -781,7 +786,7 @@ def run_loop(trader: Trader, *, max_cycles: int | None = None) -> None:
 
 def format_orders(orders: list[store.OrderRow], bar: int) -> str:
     """A table of orders for people (the --dry-run preview)."""
-    lines = [f"orders after the close of {_iso(bar)} (dry run: nothing sent, nothing recorded):"]
+    lines = [f"orders after the close of {format_ms(bar)} (dry run: nothing sent, nothing recorded):"]
     if not orders:
         lines.append("  none")
     for o in orders:
@@ -795,9 +800,3 @@ def format_orders(orders: list[store.OrderRow], bar: int) -> str:
 def _fmt_weights(weights: np.ndarray, symbols: list[str]) -> str:
     names = [s.split("/")[0] for s in symbols] + ["cash"]
     return " ".join(f"{n}={w:.3f}" for n, w in zip(names, weights.tolist(), strict=True))
-
-
-def _iso(ts_ms: int | None) -> str:
-    if ts_ms is None:
-        return "-"
-    return dt.datetime.fromtimestamp(int(ts_ms) / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M")
