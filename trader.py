@@ -25,8 +25,10 @@ at any point neither loses nor duplicates an order (see trading_store.py).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,7 @@ TRADE_DEFAULTS: dict[str, Any] = {
     "scheduled_run": None,
     "initial_cash": None,
     "exchange": "binance",
-    "history": {"start": None, "indicator_warmup_bars": 1000},
+    "history": {"start": None, "indicator_warmup_bars": 1000, "fetch_workers": 4},
     "loop": {"delay_s": 5.0, "poll_s": 5.0},
     "limits": {"max_order_notional": None, "max_turnover_per_day": None, "max_drawdown": None},
     "orders": {"cash_buffer": 0.002, "status_checks": 3, "status_check_delay_s": 1.0},
@@ -148,7 +150,11 @@ class Trader:
         from binance import timeframe_ms
 
         self.step_ms = timeframe_ms(self.timeframe)
+        self._candles: dict[str, np.ndarray] = {}  # candles read from the store so far, per pair
         self.client = client if client is not None else make_client(mode)
+        self._injected_client = client is not None
+        self._local = threading.local()  # the candle fetchers' own ccxt clients
+        self._pool: ThreadPoolExecutor | None = None
         self._check_exchange()
         import db
 
@@ -197,18 +203,40 @@ class Trader:
             default_since = parse_time_ms(start, "history.start")
         else:
             default_since = now_ms - (self.policy.history_bars + int(warmup or 0) + 2) * self.step_ms
-        for symbol in self.symbols:
+
+        def fetch(symbol: str) -> None:
             try:
                 fetch_data.fetch_range(
-                    self.client, self.engine, symbol, self.timeframe, exchange=self.cfg["exchange"],
+                    self._fetch_client(), self.engine, symbol, self.timeframe, exchange=self.cfg["exchange"],
                     default_since_ms=default_since, policy=fetch_data.RetryPolicy(max_retries=3),
                     job_id=f"trade:{self.account_name}", sleep=self.sleep,
                 )  # fmt: skip
             except fetch_data.FetchError as exc:
                 log.error("%s: candles not updated (%s); the cycle will wait for them", symbol, exc)
 
+        workers = int(self.cfg["history"]["fetch_workers"])
+        if workers <= 1 or self._injected_client:
+            for symbol in self.symbols:
+                fetch(symbol)
+            return
+        # The pairs' fetches wait on the network: overlap them (one ccxt client per worker thread).
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="trade-fetch")
+        list(self._pool.map(fetch, self.symbols))
+
+    def _fetch_client(self) -> Any:
+        if self._injected_client:
+            return self.client
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = make_client(self.mode)
+        return client
+
     def history(self, end_ms: int) -> Any:
-        """The stored candles of every pair with open time < ``end_ms`` as aligned market arrays."""
+        """The stored candles of every pair with open time < ``end_ms`` as aligned market arrays.
+
+        Candles already read are kept in memory (stored candles never change: only closed ones are
+        stored), so a cycle reads just the new ones, in one query for all pairs."""
         import db
         import market_data
         from settings import parse_time_ms
@@ -219,16 +247,25 @@ class Trader:
         if warmup is not None:
             window_start = end_ms - (self.policy.history_bars + int(warmup)) * self.step_ms
             start_ms = window_start if start_ms is None else max(start_ms, window_start)
+        cached = self._candles
+        after = {s: (int(cached[s][-1, 0]) if s in cached and len(cached[s]) else None) for s in self.symbols}
+        if any(v is None for v in after.values()):
+            cached.clear()
+            after = dict.fromkeys(self.symbols, None if start_ms is None else start_ms - 1)
+        new = db.read_candles_since(
+            self.engine, self.cfg["exchange"], self.symbols, self.timeframe, after, end_ms
+        )
         candles = []
         for symbol in self.symbols:
-            frame = db.read_candles(
-                self.engine, self.cfg["exchange"], symbol, self.timeframe, start_ms, end_ms
-            )
-            candles.append(frame.to_numpy(dtype=np.float64))
+            rows = np.concatenate([cached[symbol], new[symbol]]) if symbol in cached else new[symbol]
+            if start_ms is not None:
+                rows = rows[rows[:, 0] >= start_ms]
+            cached[symbol] = rows
+            candles.append(rows[rows[:, 0] < end_ms])
         if any(len(c) == 0 for c in candles):
             empty = [s for s, c in zip(self.symbols, candles, strict=True) if len(c) == 0]
             raise TradeRefused(
-                f"no stored candles for {empty} before {format_ms(end_ms)}; check the exchange"
+                f"no stored candles for {empty} before {format_ms(end_ms)}: check the exchange"
             )
         return market_data.from_candles(self.symbols, self.timeframe, candles, {"source": "db candles"})
 

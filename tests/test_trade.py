@@ -399,3 +399,26 @@ def test_limits_scale_orders_and_the_drawdown_stop_halts(tiny_run, market, paper
     assert "max_drawdown" in store.get_account(engine, "paper-limits").halted_reason
     paper_venue.set_now(_after_close(market, first + len(statuses)))
     assert bot.cycle().status == "halted"
+
+
+@pytest.mark.slow
+def test_paper_trading_dag_is_paused_and_waits_for_the_ingest(tmp_path):
+    """The DAG file imports cleanly (in its own process and AIRFLOW_HOME) with the expected wiring."""
+    script = (
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        "bag = DagBag(dag_folder='airflow_home/dags/paper_trading.py')\n"
+        "assert bag.import_errors == {}, bag.import_errors\n"
+        "dag = bag.dags['paper_trading']\n"
+        "sensor = dag.task_dict['wait_for_ingest']\n"
+        "print(dag.is_paused_upon_creation, dag.catchup, sorted(sensor.downstream_task_ids),\n"
+        "      sensor.external_dag_id, sorted(sensor.allowed_states))\n"
+    )
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (
+        proc.stdout.strip().splitlines()[-1]
+        == "True False ['trade'] market_data_ingest ['failed', 'success']"
+    )
