@@ -448,12 +448,11 @@ class Trader:
             e = int(np.searchsorted(times, pending.bar_open_time_ms, side="right"))
             if e >= history.n_bars:
                 continue  # its execution bar has not closed yet
-            qty_before = pf.qty.copy()
             target = _applied(pending)
             volume = history.volume[e] if pf.impact_bps > 0.0 else None
             turnover, fees, _ = execute(pf, target, history.open[e], volume, int(times[e]), band)
             orders, fills = self._paper_fills(
-                pending.bar_open_time_ms, pf, qty_before, history.open[e], int(times[e]), turnover > 0.0
+                pending.bar_open_time_ms, pf, history.open[e], int(times[e]), turnover > 0.0
             )
             fees_bar = float(np.sum(fees))
             if e == history.n_bars - 1:
@@ -471,31 +470,23 @@ class Trader:
         return Holdings(pf.cash, pf.qty.copy()), fees_now
 
     def _paper_fills(
-        self, bar: int, pf: Any, qty_before: np.ndarray, open_prices: np.ndarray, ts_ms: int, traded: bool
+        self, bar: int, pf: Any, open_prices: np.ndarray, ts_ms: int, traded: bool
     ) -> tuple[list[store.OrderRow], list[list[store.FillRow]]]:
-        from binance.orders import client_order_id
-
+        """The orders and fills of the paper rebalance just made (its Portfolio's fill log)."""
         if not traded:
             return [], []
-        orders, fills = [], []
-        for fill in pf.fill_log():
-            i = int(fill["pair"])
-            side = "buy" if fill["side"] > 0 else "sell"
-            symbol = self.symbols[i]
-            cid = client_order_id(self.account_name, bar, symbol, side)
-            orders.append(
-                store.OrderRow(
-                    cid,
-                    bar,
-                    symbol,
-                    side,
-                    float(fill["qty"]),
-                    float(open_prices[i]),
-                    "filled",
-                    None,
-                    float(fill["qty"]),
-                    float(fill["price"]),
-                )
+        log_ = {int(f["pair"]): f for f in pf.fill_log() if f["step"] == pf.steps - 1}  # this rebalance
+        signed = np.zeros(len(self.symbols))
+        for i, fill in log_.items():
+            signed[i] = float(fill["side"]) * float(fill["qty"])
+        orders = self._orders(bar, signed, open_prices)
+        fills = []
+        for order in orders:
+            fill = log_[self.symbols.index(order.symbol)]
+            order.status, order.filled_qty, order.avg_price = (
+                "filled",
+                float(fill["qty"]),
+                float(fill["price"]),
             )
             fills.append(
                 [
@@ -517,28 +508,13 @@ class Trader:
     ) -> list[store.OrderRow]:
         """The orders a paper decision would execute if the next open equalled this close."""
         from backtest import make_portfolio
-        from binance.orders import client_order_id
 
         pf = make_portfolio(self.symbols, self.portfolio_cfg)
         pf.start_from(holdings.cash, holdings.qty, close)
         plan = pf.plan_rebalance(
             target, close, volumes=None if pf.impact_bps == 0 else np.full(len(close), np.inf)
         )
-        out = []
-        for i, dq in enumerate(plan.qty.tolist()):
-            if dq != 0.0:
-                side = "buy" if dq > 0 else "sell"
-                out.append(
-                    store.OrderRow(
-                        client_order_id(self.account_name, bar, self.symbols[i], side),
-                        bar,
-                        self.symbols[i],
-                        side,
-                        abs(dq),
-                        float(close[i]),
-                    )
-                )
-        return sorted(out, key=lambda o: o.side != "sell")
+        return self._orders(bar, plan.qty, close)
 
     # ------------------------------------------------------------------ testnet / live
     def _exchange_holdings(self) -> Holdings:
@@ -556,7 +532,6 @@ class Trader:
         value: float,
     ) -> list[store.OrderRow]:
         """Orders towards ``target`` with Portfolio's rules and the exchange's lot sizes and minimums."""
-        from binance.orders import client_order_id
         from Portfolio import Portfolio
 
         band = float(self.env_cfg["meta"]["rebalance_band"])
@@ -571,21 +546,19 @@ class Trader:
         pf.start_from(max(holdings.cash - buffer, 0.0), holdings.qty, close)
         volumes = None if pf.impact_bps == 0 else np.full(len(close), np.inf)
         plan = pf.plan_rebalance(target, close, volumes)
+        return self._orders(bar, plan.qty, close)
+
+    def _orders(self, bar: int, qty: np.ndarray, prices: np.ndarray) -> list[store.OrderRow]:
+        """Order rows (sells first) for signed base quantities per pair, priced at ``prices``."""
+        from binance.orders import client_order_id
+
         orders = []
-        for i, dq in enumerate(plan.qty.tolist()):
+        for i, dq in enumerate(qty.tolist()):
             if dq == 0.0:
                 continue
-            side = "buy" if dq > 0 else "sell"
-            orders.append(
-                store.OrderRow(
-                    client_order_id(self.account_name, bar, self.symbols[i], side),
-                    bar,
-                    self.symbols[i],
-                    side,
-                    abs(dq),
-                    float(close[i]),
-                )
-            )
+            side, symbol = ("buy" if dq > 0 else "sell"), self.symbols[i]
+            cid = client_order_id(self.account_name, bar, symbol, side)
+            orders.append(store.OrderRow(cid, bar, symbol, side, abs(dq), float(prices[i])))
         return sorted(orders, key=lambda o: o.side != "sell")
 
     def _send_orders(self, bar: int, fresh: set[str] | None = None) -> None:

@@ -48,7 +48,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 
-from binance.fake_exchange import FakeExchange, _filters, _fmt
+from binance.fake_exchange import _ERRORS, FakeExchange, _filters, _fmt, _missing_param
 from binance.symbols import parse_symbol
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,6 @@ MIN_NOTIONAL_QUOTE = 5.0  # the NOTIONAL filter fake_exchange publishes
 _ERR = {
     "api_key": (401, {"code": -2015, "msg": "Invalid API-key, IP, or permissions for action."}),
     "signature": (400, {"code": -1022, "msg": "Signature for this request is not valid."}),
-    "symbol": (400, {"code": -1121, "msg": "Invalid symbol."}),
     "no_order": (400, {"code": -2013, "msg": "Order does not exist."}),
     "unknown_order": (400, {"code": -2011, "msg": "Unknown order sent."}),
     "balance": (400, {"code": -2010, "msg": "Account has insufficient balance for requested action."}),
@@ -79,13 +78,6 @@ _ERR = {
         },
     ),
 }
-
-
-def _missing(name: str) -> tuple[int, dict]:
-    return 400, {
-        "code": -1102,
-        "msg": f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.",
-    }
 
 
 @dataclass
@@ -182,9 +174,9 @@ class FakeAccount:
 
     def _symbol(self, params: Mapping[str, str]) -> tuple[str | None, tuple[int, Any] | None]:
         if not params.get("symbol"):
-            return None, _missing("symbol")
+            return None, _missing_param("symbol")
         symbol = self.fake._by_id.get(params["symbol"])
-        return (symbol, None) if symbol is not None else (None, _ERR["symbol"])
+        return (symbol, None) if symbol is not None else (None, _ERRORS["symbol"])
 
     def _lot_step(self, symbol: str) -> float:
         # the LOT_SIZE filter exchangeInfo publishes for the pair
@@ -205,14 +197,14 @@ class FakeAccount:
             return problem
         for name in ("side", "type"):
             if not params.get(name):
-                return _missing(name)
+                return _missing_param(name)
         if params["type"] != "MARKET":
             return _ERR["order_type"]
         side = params["side"]
         if side not in ("BUY", "SELL"):
             return _ERR["side"]
         if not params.get("quantity"):
-            return _missing("quantity")
+            return _missing_param("quantity")
         try:
             qty = float(params["quantity"])
         except ValueError:
@@ -350,7 +342,7 @@ class FakeAccount:
         if problem is not None:
             return problem
         if not (params.get("orderId") or params.get("origClientOrderId")):
-            return _missing("orderId")
+            return _missing_param("orderId")
         order = self._find(params)
         return (200, dict(order)) if order is not None else _ERR["no_order"]
 

@@ -77,7 +77,10 @@ def tiny_run(candles_dir, tmp_path_factory) -> Path:
         "env.normalization.window=48",
     ]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    for _ in range(3):  # Ray gives its local node a fixed 30 s to start: a busy machine can miss it
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        if "timed out during startup" not in proc.stderr:
+            break
     assert proc.returncode == 0, f"training failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return base / "saved" / "tiny"
 
