@@ -168,6 +168,7 @@ class Trader:
             self.engine, self.account_name, mode=mode, run_id=self.run_id, symbols=self.symbols,
             timeframe=self.timeframe, initial_cash=self.initial_cash,
         )  # fmt: skip
+        self.initial_cash = self.account.initial_cash  # the stored account's, if it existed
         self.gateway = None
         if mode != "paper":
             from binance.orders import OrderGateway
@@ -372,7 +373,10 @@ class Trader:
     def _check_stops(self, value: float, bar: int) -> str | None:
         """Halt the account on ruin or the drawdown stop; returns the reason, or None to go on."""
         reason = None
-        ruin = float(self.env_cfg["ruin_fraction"]) * self.initial_cash
+        _, curve = store.equity_curve(self.engine, self.account_name)
+        # The starting capital: the paper account's cash, or an exchange account's first recorded equity.
+        initial = self.initial_cash if self.mode == "paper" else float(curve[0]) if len(curve) else value
+        ruin = float(self.env_cfg["ruin_fraction"]) * initial
         if value <= ruin:
             reason = (
                 f"equity {value:,.2f} at {format_ms(bar)} is at or below the ruin level "
@@ -380,8 +384,7 @@ class Trader:
             )
         max_dd = self.cfg["limits"]["max_drawdown"]
         if reason is None and max_dd is not None:
-            _, curve = store.equity_curve(self.engine, self.account_name)
-            peak = max([self.initial_cash, value, *curve.tolist()])
+            peak = max([initial, value, *curve.tolist()])
             drawdown = 1.0 - value / peak
             if drawdown >= float(max_dd):
                 reason = (
