@@ -344,11 +344,11 @@ class Trader:
                 store.insert_order(conn, self.account_name, order)
             self._write_marks(conn, bar, holdings, close, value, weights, fees)
         log.info(
-            "decided after %s: targets %s%s; %d order(s)",
+            "decided after %s: targets %s%s; %s",
             format_ms(bar),
             _fmt_weights(target, self.symbols),
             f" (limited x{scale:.3f}: {reason})" if reason else "",
-            len(orders),
+            "executes at the next open (paper)" if self.mode == "paper" else f"{len(orders)} order(s)",
         )
         if orders:
             self._send_orders(bar, fresh={o.client_order_id for o in orders})
@@ -470,6 +470,14 @@ class Trader:
                 store.set_decision_status(conn, self.account_name, pending.bar_open_time_ms, "done")
                 holdings = Holdings(pf.cash, pf.qty.copy())
                 self._write_marks(conn, int(times[e]), holdings, history.close[e], value, weights, fees_bar)
+            log.info(
+                "paper: the decision of %s executed at the open of %s: %d fill(s), fees %.2f; equity %.2f",
+                format_ms(pending.bar_open_time_ms),
+                format_ms(int(times[e])),
+                len(orders),
+                fees_bar,
+                value,
+            )
         return Holdings(pf.cash, pf.qty.copy()), fees_now
 
     def _paper_fills(
