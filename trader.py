@@ -732,18 +732,26 @@ class Trader:
 
     def _settle_stale(self, bar: int) -> None:
         """Orders of earlier bars still unsent are not sent late: they become ``not_sent``."""
+        from binance.orders import OrderStatusUnknown
+
         for pending in store.decisions(self.engine, self.account_name, status="open"):
             if pending.bar_open_time_ms >= bar:
                 continue
             for order in store.orders(
                 self.engine, self.account_name, pending.bar_open_time_ms, store.PENDING_ORDER_STATES
             ):
-                found = self.gateway.find(order.symbol, order.client_order_id)
+                try:
+                    found = self.gateway.find(order.symbol, order.client_order_id)
+                except OrderStatusUnknown as exc:
+                    log.error(
+                        "order %s: no answer about it (%s); it stays pending", order.client_order_id, exc
+                    )
+                    continue
                 if found is not None:
                     self._record(order, found)
                     continue
                 log.warning(
-                    "order %s of %s was never sent; not sending it late",
+                    "order %s of %s never reached the exchange; not sending it late",
                     order.client_order_id,
                     format_ms(pending.bar_open_time_ms),
                 )

@@ -425,3 +425,28 @@ def test_paper_trading_dag_is_paused_and_waits_for_the_ingest(tmp_path):
         proc.stdout.strip().splitlines()[-1]
         == "True False ['trade'] market_data_ingest ['failed', 'success']"
     )
+
+
+@pytest.mark.slow
+def test_orders_the_exchange_never_got_are_not_sent_a_bar_late(
+    tiny_run, market, testnet_venue, engine, caplog
+):
+    fake, account = testnet_venue
+    caplog.set_level(logging.INFO)
+    first = 55 + 40
+    bot = trader.Trader(tiny_run, "testnet", _config("testnet-stale"), engine=engine)
+    fake.inject("503", count=-1, path="/api/v3/order")  # every order fails before acceptance
+    fake.set_now(_after_close(market, first))
+    assert bot.cycle().status == "decided"
+    stuck = store.orders(engine, "testnet-stale")
+    assert stuck and {o.status for o in stuck} == {"unknown"} and account.orders == {}
+    assert "not placed after" in caplog.text
+    fake.clear_faults()
+    fake.set_now(_after_close(market, first + 1))
+    assert bot.cycle().status == "decided"
+    late = [
+        o for o in store.orders(engine, "testnet-stale") if o.bar_open_time_ms == stuck[0].bar_open_time_ms
+    ]
+    assert {o.status for o in late} == {"not_sent"} and "not sending it late" in caplog.text
+    assert [d.status for d in store.decisions(engine, "testnet-stale")] == ["done", "done"]
+    _state_matches_exchange(engine, "testnet-stale", account)
