@@ -46,7 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         bot = trader.Trader(args.run, args.mode, cfg, dry_run=args.dry_run)
         if args.resume_halted:
             trader.store.resume(bot.engine, bot.account_name)
-        if args.once or args.dry_run:
+        if args.report:
+            summary = bot.report(args.report)
+            print(f"report: {args.report}/report.html {summary}")
+        elif args.once or args.dry_run:
             result = bot.cycle()
             print(result.message if args.dry_run else f"{result.status}: {result.message or 'ok'}")
         else:

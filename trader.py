@@ -426,6 +426,74 @@ class Trader:
         log.warning("orders scaled by %.3f: %s", scale, "; ".join(reasons))
         return limited, scale, "; ".join(reasons)
 
+    # ------------------------------------------------------------------ tearsheet
+    def report(self, out_dir: str | Path) -> dict[str, Any]:
+        """The account's tearsheet over the bars it marked (performance.write_report: equity, drawdowns,
+        allocation, per-pair contribution, calls), and fills against decisions with the slippage paid
+        against the backtest's assumption (``env.portfolio.slippage_bps``). Returns the summary."""
+        import metrics
+        import performance
+        from backtest import Recorder
+
+        marks = store.snapshots(self.engine, self.account_name)
+        if len(marks) < 2:
+            raise TradeRefused(
+                f"account {self.account_name} has {len(marks)} marked bar(s): nothing to report yet"
+            )
+        first, last = marks[0].bar_open_time_ms, marks[-1].bar_open_time_ms
+        market = self.history(last + self.step_ms).slice_time(first, last + self.step_ms)
+        holder = _Held(marks[0].cash, marks[0].qty)
+        rec = Recorder(self.account_name, market, holder)
+        rec.calls = np.zeros((market.n_bars, market.n_pairs), dtype=np.int8)
+        by_bar = {m.bar_open_time_ms: m for m in marks}
+        index = {int(t): i for i, t in enumerate(market.open_time_ms.tolist())}
+        for decided in store.decisions(self.engine, self.account_name):
+            if decided.bar_open_time_ms in index:
+                rec.calls[index[decided.bar_open_time_ms]] = decided.calls
+        fills = store.fills(self.engine, self.account_name)
+        notional = slippage = base_fees = 0.0
+        for fill in fills:
+            t = index.get(int(fill["ts_ms"]) // self.step_ms * self.step_ms)
+            if t is None:
+                continue
+            i = self.symbols.index(fill["symbol"])
+            if fill["fee_asset"] == QUOTE:
+                rec.fees[t, i] += fill["fee"]
+            else:  # charged in the asset bought: already missing from the holdings; valued for the summary
+                base_fees += fill["fee"] * fill["price"]
+            rec.slippage[t, i] += fill["slippage"]
+            notional += fill["qty"] * fill["price"]
+            slippage += fill["slippage"]
+        for t, bar in enumerate(market.open_time_ms.tolist()):
+            if bar in by_bar:  # bars without a mark (the trader was down) keep the holdings before them
+                holder.cash, holder.qty = by_bar[bar].cash, by_bar[bar].qty
+            rec.bar(t)
+        record = rec.record()
+        orders = store.orders(self.engine, self.account_name)
+        summary = {
+            "bars": market.n_bars,
+            "decisions": len(store.decisions(self.engine, self.account_name)),
+            "orders": {
+                status: sum(o.status == status for o in orders)
+                for status in sorted({o.status for o in orders})
+            },
+            "fills": len(fills),
+            "fees_quote": float(rec.fees.sum()) + base_fees,
+            "slippage_bps_paid": 1e4 * slippage / notional if notional else 0.0,
+            "slippage_bps_assumed": float(self.portfolio_cfg.get("slippage_bps", 0.0)),
+        }
+        notes = {"run": self.run_id, "mode": self.mode, **summary}
+        title = f"{self.mode.capitalize()} trading of {self.run_id} ({self.account_name})"
+        performance.write_report(
+            out_dir,
+            {self.account_name: record},
+            metrics.periods_per_year(self.timeframe),
+            market.close,
+            title=title,
+            notes=notes,
+        )
+        return summary
+
     # ------------------------------------------------------------------ paper
     def _paper_portfolio(self) -> Any:
         from backtest import make_portfolio
@@ -758,6 +826,16 @@ class Trader:
                 with self.engine.begin() as conn:
                     store.update_order(conn, order.client_order_id, "not_sent")
             self._close_decision_if_settled(pending.bar_open_time_ms)
+
+
+class _Held:
+    """Holdings as `backtest.Recorder` reads them from a portfolio (cash, qty, value)."""
+
+    def __init__(self, cash: float, qty: np.ndarray) -> None:
+        self.cash, self.qty = cash, qty
+
+    def value(self, prices: np.ndarray) -> float:
+        return self.cash + float(self.qty @ prices)
 
 
 def _applied(decision_row: store.DecisionRow) -> np.ndarray:

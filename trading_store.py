@@ -411,15 +411,22 @@ def write_snapshot(
     )
 
 
-def latest_snapshot(conn: Connection | Engine, account: str) -> Snapshot | None:
+def snapshots(conn: Connection | Engine, account: str, latest_only: bool = False) -> list[Snapshot]:
+    """The account's holdings per marked bar, oldest first (or only the latest)."""
     sql = text(
         "SELECT bar_open_time_ms, cash, qty, prices FROM trading.snapshots WHERE account = :account"
-        " ORDER BY bar_open_time_ms DESC LIMIT 1"
+        + (" ORDER BY bar_open_time_ms DESC LIMIT 1" if latest_only else " ORDER BY bar_open_time_ms")
     )
-    row = _run(conn, sql, {"account": account}).first()
-    if row is None:
-        return None
-    return Snapshot(int(row[0]), float(row[1]), np.array(row[2], dtype=float), np.array(row[3], dtype=float))
+    rows = _run(conn, sql, {"account": account}).all()
+    return [
+        Snapshot(int(r[0]), float(r[1]), np.array(r[2], dtype=float), np.array(r[3], dtype=float))
+        for r in rows
+    ]
+
+
+def latest_snapshot(conn: Connection | Engine, account: str) -> Snapshot | None:
+    found = snapshots(conn, account, latest_only=True)
+    return found[0] if found else None
 
 
 def write_equity(

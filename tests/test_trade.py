@@ -236,7 +236,9 @@ def _state_matches_exchange(engine, account_name: str, account: FakeAccount) -> 
 
 
 @pytest.mark.slow
-def test_testnet_orders_are_placed_filled_and_reconciled(tiny_run, market, testnet_venue, engine, caplog):
+def test_testnet_orders_are_placed_filled_and_reconciled(
+    tiny_run, market, testnet_venue, engine, caplog, tmp_path
+):
     fake, account = testnet_venue
     caplog.set_level(logging.DEBUG)
     first = 55 + 40
@@ -257,6 +259,14 @@ def test_testnet_orders_are_placed_filled_and_reconciled(tiny_run, market, testn
     snap = store.latest_snapshot(engine, "testnet-basic")
     assert snap.bar_open_time_ms == int(market.open_time_ms[first + 3])
     assert KEY not in caplog.text and SECRET not in caplog.text  # keys never logged
+    # the tearsheet of the period: equity per marked bar as stored, fills against decisions
+    summary = again.report(tmp_path / "report")
+    assert (tmp_path / "report" / "report.html").exists() and summary["fills"] == len(account.trades)
+    assert summary["orders"] == {"filled": len(account.orders)} and summary["decisions"] == 4
+    curve = pd.read_csv(tmp_path / "report" / "equity.csv")
+    bars, equity = store.equity_curve(engine, "testnet-basic")
+    np.testing.assert_array_equal(curve["open_time_ms"].to_numpy(), bars)
+    np.testing.assert_allclose(curve["testnet-basic"].to_numpy(), equity, rtol=1e-12)
 
 
 @pytest.mark.slow
