@@ -114,6 +114,26 @@ def align(
     )
 
 
+def from_candles(
+    symbols: list[str], timeframe: str, candles: list[np.ndarray], meta: dict[str, Any] | None = None
+) -> MarketData:
+    """Aligned market arrays from each pair's candles ([rows, 6]: ts_ms, open, high, low, close, volume,
+    sorted by time), with ``indicators.compute_indicators`` over each pair's whole array (`align` rule)."""
+    from binance.symbols import timeframe_ms
+    from indicators import FEATURE_NAMES, compute_indicators
+
+    step_ms = timeframe_ms(timeframe)
+    series = []
+    for rows in candles:
+        times = rows[:, 0].astype(np.int64)
+        ind = compute_indicators(rows[:, 1], rows[:, 2], rows[:, 3], rows[:, 4], rows[:, 5], times, step_ms)
+        entry = {"open_time_ms": times, "open": rows[:, 1], "high": rows[:, 2], "low": rows[:, 3],
+                 "close": rows[:, 4], "volume": rows[:, 5], "warm": ind["warm"]}
+        entry.update({name: ind[name] for name in FEATURE_NAMES})
+        series.append(entry)
+    return align(list(symbols), timeframe, series, list(FEATURE_NAMES), meta)
+
+
 def from_csv_dir(
     directory: str | Path | list[str | Path],
     symbols: list[str] | None,
@@ -129,7 +149,6 @@ def from_csv_dir(
     The feature columns are ``indicators.FEATURE_NAMES``, the same as ``db.load_market``'s.
     """
     from binance.symbols import symbol_from_file_stem, timeframe_ms
-    from indicators import FEATURE_NAMES, compute_indicators
 
     # Several folders (e.g. binance_spot_1h_2017_2022 and _2022_2024) join into one series per pair:
     # a pair's rows from every folder that has its file, one copy of the hours they share.
@@ -143,22 +162,16 @@ def from_csv_dir(
         symbols = [symbol_from_file_stem(stem) for stem in stems]
     if not symbols:
         raise ValueError(f"no symbols given and no candle files in {directory}")
-    step_ms = timeframe_ms(timeframe)
-    series = []
     if len(set(symbols)) != len(symbols):
         raise ConfigError(f"csv source: symbols {symbols} repeat a pair; list each pair once")
+    step_ms = timeframe_ms(timeframe)
+    candles = []
     for symbol in symbols:
         rows, path = _read_joined_candles(directories, symbol)
-        times = rows[:, 0].astype(np.int64)
-        _check_spacing(path, times, timeframe, step_ms)
-        ind = compute_indicators(rows[:, 1], rows[:, 2], rows[:, 3], rows[:, 4], rows[:, 5], times, step_ms)
-        entry = {"open_time_ms": times, "open": rows[:, 1], "high": rows[:, 2], "low": rows[:, 3],
-                 "close": rows[:, 4], "volume": rows[:, 5], "warm": ind["warm"]}
-        entry.update({name: ind[name] for name in FEATURE_NAMES})
-        series.append(entry)
+        _check_spacing(path, rows[:, 0].astype(np.int64), timeframe, step_ms)
+        candles.append(rows)
     paths: Any = [str(d) for d in directories] if len(directories) > 1 else str(directory)
-    meta = {"source": "csv", "path": paths}
-    data = align(list(symbols), timeframe, series, list(FEATURE_NAMES), meta)
+    data = from_candles(list(symbols), timeframe, candles, {"source": "csv", "path": paths})
     start_ms = None if start is None else to_ms(start)
     end_ms = None if end is None else to_ms(end)
     return data.slice_time(start_ms, end_ms)
