@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
+import db
 import run_config
 import run_files
 import synthetic
@@ -289,3 +290,44 @@ def test_backtest_refuses_changed_data_unless_allowed(csv_run, tmp_path):
         assert "values of close" in (tmp_path / "o" / "report.html").read_text()
     finally:
         path.write_bytes(original)
+
+
+@pytest.mark.slow
+def test_backfilled_database_split_is_refused(engine):
+    """Item 11 with the real parts: a db source in PostgreSQL, indicators by dbt; a backfill that fills
+    a hole inside the test split after training changes the split's rows, and the backtest says so."""
+    import market_data
+    import performance
+    from dbt_runner import run_dbt
+
+    exchange = "config_backfill"
+    data = synthetic.generate(n_pairs=2, n_bars=400, start="2021-01-01", seed=5)
+    columns = [data.open_time_ms, data.open, data.high, data.low, data.close, data.volume]
+    candles = {
+        symbol: np.column_stack([c if c.ndim == 1 else c[:, i] for c in columns])
+        for i, symbol in enumerate(data.symbols)
+    }
+    hole = np.zeros(data.n_bars, bool)
+    hole[340:345] = True  # an exchange outage inside the test split, fetched later by a backfill
+    for symbol, rows in candles.items():
+        db.write_candles(engine, exchange, symbol, "1h", rows[~hole])
+    run_dbt(["run"], quiet=True)
+    dates = {"train": ("2021-01-01", "2021-01-11"), "validation": ("2021-01-11", "2021-01-14"),
+             "test": ("2021-01-14", "2021-01-18")}  # fmt: skip
+    splits_cfg = {name: {"start": a, "end": b} for name, (a, b) in dates.items()}
+    source = {"kind": "db", "symbols": data.symbols, "timeframe": "1h", "exchange": exchange}
+    cfg = {"data": {"source": source, "splits": splits_cfg}}
+
+    def test_split():
+        return market_data.split_by_dates(market_data.load(source), splits_cfg)
+
+    manifest = run_files.build_manifest(cfg, test_split())  # what training recorded
+    assert performance.check_split_data(manifest, "test", test_split()["test"]) == []
+    for symbol, rows in candles.items():
+        db.write_candles(engine, exchange, symbol, "1h", rows[hole])
+    run_dbt(["run"], quiet=True)
+    after = test_split()
+    with pytest.raises(performance.BacktestError, match=r"test split's data differs.*rows \d+ -> \d+"):
+        performance.check_split_data(manifest, "test", after["test"])
+    assert performance.check_split_data(manifest, "validation", after["validation"]) == []
+    assert performance.check_split_data(manifest, "test", after["test"], allow_change=True)
