@@ -46,3 +46,17 @@ clean-demo: setup
 # Stop the embedded PostgreSQL (.pgdata/) when a command left it running for later ones.
 db-stop: setup
 	$(PY) db.py stop
+
+# Paper-trading try-out: a fake Binance with an account replays PAPER_DATA candles from PAPER_START
+# at PAPER_SPEED x real time; trade.py paper-trades PAPER_RUN against it, one cycle per bar, until Ctrl-C.
+PAPER_RUN ?= saved_models/demo
+PAPER_DATA ?= ../shared/data/binance_spot_1h_2017_2022
+PAPER_START ?= 2021-11-01
+PAPER_SPEED ?= 1800
+PAPER_PORT ?= 8799
+.PHONY: paper
+paper: setup
+	$(PY) -m binance.fake_orders --data-dir $(PAPER_DATA) --start $(PAPER_START) --speed $(PAPER_SPEED) \
+		--port $(PAPER_PORT) & fake=$$!; trap 'kill $$fake' EXIT INT TERM; sleep 3; \
+	BINANCE_BASE_URL=http://127.0.0.1:$(PAPER_PORT) $(PY) trade.py --run $(PAPER_RUN) \
+		--config configs/paper_tryout.yaml --account paper-tryout-$$(date +%s)

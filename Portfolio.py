@@ -299,6 +299,22 @@ class Portfolio:
         self._log_ts = np.empty(0, dtype=np.int64)
         self._log = np.empty((0, 4, n))  # per rebalance: qty, price, fee, slippage
 
+    def start_from(self, cash: float, qty: Any, prices: Any, ts_ms: int | None = None) -> None:
+        """Reset to given holdings: ``cash`` plus ``qty`` base units per pair (e.g. an exchange account).
+
+        The positions are booked as bought at ``prices`` without costs (their entry price), and
+        ``initial_cash`` becomes the holdings' value there, so PnL is counted from this point on.
+        """
+        held = np.asarray(qty, dtype=np.float64)
+        if held.shape != (self.n_pairs,) or not (np.all(np.isfinite(held)) and np.all(held >= 0.0)):
+            raise ValueError(f"qty must be {self.n_pairs} finite non-negative quantities, got {held}")
+        p = self._prices(prices)
+        if not (math.isfinite(cash) and cash >= 0.0):
+            raise ValueError(f"cash must be finite and non-negative, got {cash}")
+        self.reset(float(cash) + float(held @ p))
+        self.book.apply(held, p, self._zeros, self._zeros, ts_ms)
+        self.cash = float(cash)
+
     # ------------------------------------------------------------------ state
     @property
     def qty(self) -> np.ndarray:
@@ -424,16 +440,49 @@ class Portfolio:
         model and is required when ``impact_bps > 0``. ``ts_ms`` stamps the fills and round trips.
         See the module docstring for the exact semantics.
         """
+        w, p, vol = self._inputs(target_weights, prices, volumes)
+        dq, fill_price, notional, fee, slippage_cost, new_cash, self.last_buy_scale = self._plan(w, p, vol)
+        self.book.apply(dq, fill_price, fee, slippage_cost, ts_ms)
+        self.cash = new_cash
+        self.last_fees = fee
+        self.last_slippage = slippage_cost
+        if self.record_fills:
+            self._record(dq, fill_price, fee, slippage_cost, ts_ms)
+        self.steps += 1
+        return Fills(dq, fill_price, notional, fee, slippage_cost)
+
+    def plan_rebalance(self, target_weights: Any, prices: Any, volumes: Any = None) -> Fills:
+        """The `Fills` that ``rebalance(target_weights, prices, volumes)`` would return, without trading.
+
+        Same rules (sells first, buys scaled so cash never goes negative, lot step and minimums);
+        live trading turns these quantities into exchange orders.
+        """
+        dq, fill_price, notional, fee, slippage_cost, _, _ = self._plan(
+            *self._inputs(target_weights, prices, volumes)
+        )
+        return Fills(dq, fill_price, notional, fee, slippage_cost)
+
+    def _inputs(
+        self, target_weights: Any, prices: Any, volumes: Any
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Checked targets, prices and (when the volume model is on) volumes as arrays."""
         w = self._check_targets(target_weights)
         p = self._prices(prices)
+        if self._impact == 0.0:
+            return w, p, None
+        if volumes is None:
+            raise ValueError("impact_bps > 0 needs the bar volumes: pass volumes=")
+        vol = np.asarray(volumes, dtype=np.float64)
+        if vol.shape != (self.n_pairs,):
+            raise ValueError(f"volumes must have shape ({self.n_pairs},), got {vol.shape}")
+        return w, p, vol
+
+    def _plan(
+        self, w: np.ndarray, p: np.ndarray, vol: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float]:
+        """The rebalance's orders and costs without booking them: (dq, fill price, notional, fee,
+        slippage cost, cash after, buy scale). `rebalance` books them; `plan_rebalance` only shows them."""
         n = self.n_pairs
-        vol = None
-        if self._impact > 0.0:
-            if volumes is None:
-                raise ValueError("impact_bps > 0 needs the bar volumes: pass volumes=")
-            vol = np.asarray(volumes, dtype=np.float64)
-            if vol.shape != (n,):
-                raise ValueError(f"volumes must have shape ({n},), got {vol.shape}")
         cash = self.cash
         value = cash + float(self.book.qty.dot(p))
 
@@ -442,7 +491,7 @@ class Portfolio:
         if self._rules_on:
             dq = self._apply_rules(dq, p)
         fill_price, notional, fee, slippage_cost, new_cash = self._costs(dq, p, vol)
-        self.last_buy_scale = 1.0
+        scale = 1.0
 
         if new_cash < 0.0:
             # Shortfall: sells (positive flows) fund the buys; scale every buy by one factor. Costs
@@ -451,7 +500,6 @@ class Portfolio:
             needed = float(bought.dot(fill_price)) * (1.0 + self.fee_rate)  # buys' cash incl. fees
             available = cash + float((bought - dq).dot(fill_price)) * (1.0 - self.fee_rate)  # after sells
             scale = max(available, 0.0) / needed * (1.0 - _SHORTFALL_MARGIN)
-            self.last_buy_scale = scale
             dq = dq + bought * (scale - 1.0)
             if self._rules_on:
                 dq = self._apply_rules(dq, p)
@@ -461,14 +509,7 @@ class Portfolio:
                     raise RuntimeError(f"rebalance would leave cash at {new_cash}: accounting bug")
                 new_cash = 0.0  # float noise of the scaled sum, far below a cent
 
-        self.book.apply(dq, fill_price, fee, slippage_cost, ts_ms)
-        self.cash = new_cash
-        self.last_fees = fee
-        self.last_slippage = slippage_cost
-        if self.record_fills:
-            self._record(dq, fill_price, fee, slippage_cost, ts_ms)
-        self.steps += 1
-        return Fills(dq, fill_price, notional, fee, slippage_cost)
+        return dq, fill_price, notional, fee, slippage_cost, new_cash, scale
 
     def _costs(
         self, dq: np.ndarray, p: np.ndarray, vol: np.ndarray | None

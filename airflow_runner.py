@@ -7,7 +7,12 @@
   by ``DATABASE_URL``, else the embedded pgserver. It is created when missing. An explicit
   ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` wins.
 - The exchange pool (``fetch.pool``/``fetch.pool_slots``) is created or resized before start.
-- The UI is served on http://127.0.0.1:8080 (``runner.host``/``runner.port``).
+- The UI is served on http://127.0.0.1:8080 (``runner.host``/``runner.port``). Airflow's two log
+  servers (the scheduler's worker log server and the triggerer's) listen on ``runner.host`` too, on
+  ``runner.worker_log_server_port`` (8793) and ``runner.trigger_log_server_port`` (8794): Airflow
+  itself binds them to every interface, so ``airflow_home/site/sitecustomize.py`` (first on the
+  PYTHONPATH of every Airflow process started here) rebinds them. ``AIRFLOW__LOGGING__*`` variables
+  set in the environment win over the configured ports.
 - Ctrl-C (SIGINT), SIGTERM or ``python -m airflow_runner stop`` stop Airflow and every process it
   started, even when this process was launched with SIGINT ignored (as background jobs from scripts
   are): the runner installs its own handlers, starts Airflow in its own process group with default
@@ -44,6 +49,7 @@ log = logging.getLogger("airflow_runner")
 # AIRFLOW_RUNNER_HOME moves it elsewhere (the tests do); a global AIRFLOW_HOME is deliberately ignored.
 AIRFLOW_HOME = Path(env("AIRFLOW_RUNNER_HOME", str(PROJECT_ROOT / "airflow_home")))
 DAGS_FOLDER = PROJECT_ROOT / "airflow_home" / "dags"
+SITE_DIR = PROJECT_ROOT / "airflow_home" / "site"  # sitecustomize.py: log servers on runner.host
 PID_FILE = AIRFLOW_HOME / "airflow_runner.pid"
 _PR_SET_PDEATHSIG = 1
 
@@ -92,13 +98,23 @@ def airflow_env(
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__BASE_URL": f"http://{host}:{port}",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{host}:{port}/execution/",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": environ.get(
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", str(int(config.runner["worker_log_server_port"]))
+        ),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": environ.get(
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT", str(int(config.runner["trigger_log_server_port"]))
+        ),
+        "AIRFLOW_RUNNER_LOG_SERVER_HOST": host,
         # Small laptops: one API worker and a few task slots (Airflow's defaults start 32 workers).
         "AIRFLOW__API__WORKERS": environ.get("AIRFLOW__API__WORKERS", "1"),
         "AIRFLOW__CORE__PARALLELISM": environ.get("AIRFLOW__CORE__PARALLELISM", "4"),
         # `standalone` spawns `airflow ...` from PATH: make that this venv's Airflow.
         "PATH": venv_bin + os.pathsep + environ.get("PATH", ""),
-        # Task processes import the project's modules (orchestration, db, ...).
-        "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), environ.get("PYTHONPATH")) if p),
+        # Task processes import the project's modules (orchestration, db, ...); SITE_DIR comes first
+        # so its sitecustomize.py runs in every Airflow process.
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(SITE_DIR), str(PROJECT_ROOT), environ.get("PYTHONPATH")) if p
+        ),
     })
     return environ
 

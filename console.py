@@ -1,7 +1,7 @@
 """What a person sees: the project's own progress on the console, library chatter in log files.
 
 `route_library_output(log_path)` (called by entry points before the noisy libraries start: the
-demo at its start, `Train.init_ray` before Ray) sends, for the rest of the process:
+demo at its start, `training.init_ray` before Ray) sends, for the rest of the process:
 
 - the Python loggers of Ray/RLlib, dbt, Airflow, alembic, pgserver, HTTP clients and the like,
   and Python warnings (deprecations), to ``log_path`` with ANSI colour codes stripped;
@@ -56,7 +56,7 @@ class _Routing:
 def route_library_output(log_path: str | Path) -> Path:
     """Send library chatter to ``log_path`` from now on (see the module docstring).
 
-    Called again (e.g. the demo, then `Train.init_ray`), it keeps the first file and re-attaches
+    Called again (e.g. the demo, then `training.init_ray`), it keeps the first file and re-attaches
     its handler to the library loggers, since importing a library (Ray) adds console handlers of
     its own. Returns the log file in use.
     """

@@ -149,8 +149,8 @@ def run_job(
                 if result.outage:
                     outage = result.error
                     log.error("stopping the job: %s", outage)
-    except Interrupted as exc:
-        raise Interrupted([*results, *exc.results]) from None
+    except KeyboardInterrupt as exc:  # Interrupted from the fetch in flight, or a bare one between pairs
+        raise Interrupted([*results, *getattr(exc, "results", [])]) from None
     return results
 
 
@@ -292,12 +292,11 @@ def _main(args: argparse.Namespace) -> int:
     except (db.DatabaseUnavailable, ExchangeOutage) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CANNOT_RUN
-    except Interrupted as exc:
-        print(summary_table(exc.results))
+    except KeyboardInterrupt as exc:  # Interrupted from run_job, or a bare one before it started
+        results = getattr(exc, "results", [])
+        if results:
+            print(summary_table(results))
         print("interrupted: the pair in flight is recorded as interrupted; re-run to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except KeyboardInterrupt:  # before any pair started
-        print("interrupted before any pair started", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(summary_table(results))
     code = exit_code(results)

@@ -11,6 +11,10 @@ Rules (thresholds in ``configs/airflow.yaml``, section ``quality``):
   as staleness while it lasts.
 - features lag: ``features.indicators`` (dbt) does not reach the newest stored candle.
 
+Every rule looks at the run's own interval, i.e. at candles and indicators opening before
+``end_ms``: a backfill of an old interval is not failed by newer candles that a concurrent
+scheduled run stored after the backfill's dbt build.
+
 ``python data_quality.py`` runs the checks for the configured pairs against now and prints a table.
 """
 
@@ -20,6 +24,7 @@ import argparse
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -51,7 +56,7 @@ class QualityReport:
         return not self.issues
 
     def summary(self) -> str:
-        from orchestration import format_ms
+        from settings import format_ms
 
         lines = [f"data quality at {format_ms(self.end_ms)}: {len(self.checked)} series checked, "
                  f"{len(self.issues)} issue(s)"]
@@ -61,7 +66,11 @@ class QualityReport:
 
 _FEATURES_SQL = text(
     "SELECT max(open_time_ms) FROM features.indicators "
-    "WHERE exchange = :exchange AND symbol = :symbol AND timeframe = :timeframe"
+    "WHERE exchange = :exchange AND symbol = :symbol AND timeframe = :timeframe AND open_time_ms < :end_ms"
+)
+_CANDLES_SQL = text(
+    "SELECT max(open_time_ms) FROM market.ohlcv "
+    "WHERE exchange = :exchange AND symbol = :symbol AND timeframe = :timeframe AND open_time_ms < :end_ms"
 )
 
 
@@ -77,7 +86,7 @@ def check_market_data(
     """Check every (symbol, timeframe) in ``series`` as of ``end_ms``; never raises on findings."""
     import db
     from binance import timeframe_ms
-    from orchestration import format_ms
+    from settings import format_ms
 
     report = QualityReport(end_ms=end_ms)
     with engine.connect() as conn:
@@ -86,9 +95,9 @@ def check_market_data(
         ).scalar()
         for symbol, timeframe in series:
             bar_ms = timeframe_ms(timeframe)
-            key = {"exchange": exchange, "symbol": symbol, "timeframe": timeframe}
+            key = {"exchange": exchange, "symbol": symbol, "timeframe": timeframe, "end_ms": end_ms}
             report.checked.append((symbol, timeframe))
-            newest = db.newest_open_time_ms(engine, exchange, symbol, timeframe)
+            newest = conn.execute(_CANDLES_SQL, key).scalar()  # within the run's interval, not after it
             report.newest_ms[f"{symbol} {timeframe}"] = newest
             last_closed_ms = (end_ms // bar_ms) * bar_ms - bar_ms
             if newest is None:
@@ -128,6 +137,23 @@ def assert_quality(report: QualityReport) -> QualityReport:
     return report
 
 
+def run_quality_check(config: Any, end_ms: int) -> dict[str, Any]:
+    """Run `check_market_data` over every configured series as of ``end_ms``; raise if any issue.
+    ``config``: an `orchestration.PipelineConfig` (the ingest DAG's quality task).
+
+    Every configured pair is checked, including one whose fetch failed in this run: if its data is
+    now stale the gate fails loudly and names it.
+    """
+    import db
+
+    report = check_market_data(
+        db.get_engine(), config.exchange, [(p, t) for p in config.pairs for t in config.timeframes],
+        end_ms, max_lag_bars=config.max_lag_bars, gap_lookback_bars=config.gap_lookback_bars,
+    )
+    assert_quality(report)
+    return {"end_ms": end_ms, "checked": len(report.checked), "newest_ms": report.newest_ms}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--end", help="reference time (ISO, UTC; default now)")
@@ -136,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     import db
-    from orchestration import load_config, parse_time_ms
+    from orchestration import load_config
+    from settings import parse_time_ms
 
     config = load_config()
     end_ms = parse_time_ms(args.end) if args.end else int(time.time() * 1000)

@@ -436,6 +436,38 @@ def read_candles(
     return frame.astype({"open_time_ms": "int64", **{c: "float64" for c in CANDLE_COLUMNS[1:]}})
 
 
+def read_candles_since(
+    engine: Engine,
+    exchange: str,
+    symbols: list[str],
+    timeframe: str,
+    after_ms: dict[str, int | None],
+    end_ms: int,
+) -> dict[str, np.ndarray]:
+    """Every pair's stored candles with ``after_ms[symbol] < open_time_ms < end_ms`` (None: no lower
+    bound) in ONE query, as ``{symbol: [rows, 6] float64}`` (open_time_ms, OHLCV), oldest first.
+    For incremental readers such as trade.py, which keep the candles they have already read."""
+    lowest = min((-(2**63) if v is None else v) for v in after_ms.values())
+    query = text(
+        "SELECT symbol, open_time_ms, open, high, low, close, volume FROM market.ohlcv"
+        " WHERE exchange = :exchange AND timeframe = :timeframe AND symbol = ANY(:symbols)"
+        " AND open_time_ms > :lowest AND open_time_ms < :end ORDER BY symbol, open_time_ms"
+    )
+    params = {"exchange": exchange, "timeframe": timeframe, "symbols": list(symbols), "lowest": lowest,
+              "end": end_ms}
+    with engine.connect() as conn:
+        rows = conn.execute(query, params).all()
+    out = {symbol: np.empty((0, 6)) for symbol in symbols}
+    if rows:
+        names = np.array([r[0] for r in rows])
+        values = np.array([r[1:] for r in rows], dtype=np.float64)  # epoch ms are exact in float64
+        for symbol in symbols:
+            block = values[names == symbol]
+            after = after_ms.get(symbol)
+            out[symbol] = block if after is None else block[block[:, 0] > after]
+    return out
+
+
 def newest_open_time_ms(engine: Engine, exchange: str, symbol: str, timeframe: str) -> int | None:
     """Open time of the newest stored candle, or None when nothing is stored."""
     with engine.connect() as conn:
@@ -558,7 +590,7 @@ def load_market(
     ``meta`` records the source and how many bars were dropped.
     """
     from indicators import FEATURE_NAMES
-    from market_data import MarketData
+    from market_arrays import MarketData
 
     symbols = list(symbols)
     if not symbols or len(set(symbols)) != len(symbols):

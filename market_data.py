@@ -4,87 +4,21 @@ Sources: the database (``db.load_market`` over ``features.indicators``), a folde
 (indicators computed in Python by ``indicators.py`` with the dbt models' definitions), or the
 synthetic generator. Alignment rule: a bar is kept only when every pair has a candle at that
 open time and its indicators are warm; missing bars are dropped, never invented.
+
+`MarketData` itself lives in `market_arrays` (re-exported here).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from market_arrays import MarketData
 from settings import ConfigError, check_keys
 from settings import parse_time_ms as to_ms  # noqa: F401  (re-exported: callers say market_data.to_ms)
-
-
-@dataclass(frozen=True)
-class MarketData:
-    """Candles and features of N pairs over T aligned bars (times are candle OPEN times, UTC ms).
-
-    Row t of ``features`` uses data up to the close of bar t only.
-    """
-
-    symbols: list[str]
-    timeframe: str
-    open_time_ms: np.ndarray  # [T] int64, strictly increasing
-    open: np.ndarray  # [T, N] float64
-    high: np.ndarray  # [T, N]
-    low: np.ndarray  # [T, N]
-    close: np.ndarray  # [T, N]
-    volume: np.ndarray  # [T, N] base-asset volume
-    features: np.ndarray  # [T, N, F] float64
-    feature_names: list[str]
-    meta: dict = field(default_factory=dict)  # source description (path, generator params, ...)
-
-    def __post_init__(self) -> None:
-        steps, pairs = self.close.shape
-        if len(self.symbols) != pairs:
-            raise ValueError(f"{len(self.symbols)} symbols but close has {pairs} columns")
-        if self.open_time_ms.shape != (steps,):
-            raise ValueError("open_time_ms must have one entry per bar")
-        for name in ("open", "high", "low", "volume"):
-            if getattr(self, name).shape != (steps, pairs):
-                raise ValueError(f"{name} has shape {getattr(self, name).shape}, want {(steps, pairs)}")
-        if self.features.shape[:2] != (steps, pairs) or self.features.shape[2] != len(
-            self.feature_names
-        ):
-            raise ValueError("features must be [T, N, F] with F == len(feature_names)")
-        if steps > 1 and not np.all(np.diff(self.open_time_ms) > 0):
-            raise ValueError("open_time_ms must be strictly increasing")
-
-    @property
-    def n_bars(self) -> int:
-        return int(self.close.shape[0])
-
-    @property
-    def n_pairs(self) -> int:
-        return int(self.close.shape[1])
-
-    def slice_bars(self, start: int, stop: int) -> MarketData:
-        """Bars [start, stop) as a new MarketData (views, no copies)."""
-        sl = slice(start, stop)
-        return MarketData(
-            symbols=list(self.symbols),
-            timeframe=self.timeframe,
-            open_time_ms=self.open_time_ms[sl],
-            open=self.open[sl],
-            high=self.high[sl],
-            low=self.low[sl],
-            close=self.close[sl],
-            volume=self.volume[sl],
-            features=self.features[sl],
-            feature_names=list(self.feature_names),
-            meta=dict(self.meta),
-        )
-
-    def slice_time(self, start_ms: int | None, end_ms: int | None) -> MarketData:
-        """Bars whose open time lies in [start_ms, end_ms); None leaves that side open."""
-        lo = 0 if start_ms is None else int(np.searchsorted(self.open_time_ms, start_ms, "left"))
-        hi = self.n_bars if end_ms is None else int(np.searchsorted(self.open_time_ms, end_ms, "left"))
-        return self.slice_bars(lo, hi)
-
 
 # ----------------------------------------------------------------------------------------------
 # Loaders: CSV folders, the synthetic generator and the database behind one entry point.
@@ -116,6 +50,28 @@ def _candle_file(directory: Path, symbol: str) -> Path:
         if (directory / name).exists():
             return directory / name
     raise FileNotFoundError(f"no candle file for {symbol} in {directory} (want {stem}.csv or {stem}.csv.gz)")
+
+
+def _read_joined_candles(directories: list[Path], symbol: str) -> tuple[np.ndarray, Path]:
+    """One pair's candles from every folder holding its file (time order; a shared hour kept once,
+    from the later folder), and its first file. FileNotFoundError when no folder has it."""
+    parts, paths = [], []
+    for folder in directories:
+        try:
+            paths.append(_candle_file(folder, symbol))
+        except FileNotFoundError:
+            if len(directories) == 1:
+                raise
+            continue
+        parts.append(_read_candles_csv(paths[-1]))
+    if not parts:
+        raise FileNotFoundError(f"no candle file for {symbol} in any of {[str(d) for d in directories]}")
+    if len(parts) == 1:
+        return parts[0], paths[0]
+    rows = np.concatenate(parts)
+    rows = rows[np.argsort(rows[:, 0], kind="stable")]
+    last = np.append(rows[1:, 0] != rows[:-1, 0], True)  # keep the last copy of each open time
+    return rows[last], paths[0]
 
 
 def align(
@@ -158,8 +114,28 @@ def align(
     )
 
 
+def from_candles(
+    symbols: list[str], timeframe: str, candles: list[np.ndarray], meta: dict[str, Any] | None = None
+) -> MarketData:
+    """Aligned market arrays from each pair's candles ([rows, 6]: ts_ms, open, high, low, close, volume,
+    sorted by time), with ``indicators.compute_indicators`` over each pair's whole array (`align` rule)."""
+    from binance.symbols import timeframe_ms
+    from indicators import FEATURE_NAMES, compute_indicators
+
+    step_ms = timeframe_ms(timeframe)
+    series = []
+    for rows in candles:
+        times = rows[:, 0].astype(np.int64)
+        ind = compute_indicators(rows[:, 1], rows[:, 2], rows[:, 3], rows[:, 4], rows[:, 5], times, step_ms)
+        entry = {"open_time_ms": times, "open": rows[:, 1], "high": rows[:, 2], "low": rows[:, 3],
+                 "close": rows[:, 4], "volume": rows[:, 5], "warm": ind["warm"]}
+        entry.update({name: ind[name] for name in FEATURE_NAMES})
+        series.append(entry)
+    return align(list(symbols), timeframe, series, list(FEATURE_NAMES), meta)
+
+
 def from_csv_dir(
-    directory: str | Path,
+    directory: str | Path | list[str | Path],
     symbols: list[str] | None,
     timeframe: str,
     start: Any = None,
@@ -173,32 +149,29 @@ def from_csv_dir(
     The feature columns are ``indicators.FEATURE_NAMES``, the same as ``db.load_market``'s.
     """
     from binance.symbols import symbol_from_file_stem, timeframe_ms
-    from indicators import FEATURE_NAMES, compute_indicators
 
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory} is not a directory of CSV candles")
+    # Several folders (e.g. binance_spot_1h_2017_2022 and _2022_2024) join into one series per pair:
+    # a pair's rows from every folder that has its file, one copy of the hours they share.
+    directories = [Path(d) for d in (directory if isinstance(directory, (list, tuple)) else [directory])]
+    for folder in directories:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder} is not a directory of CSV candles")
+    directory = directories[0]
     if symbols is None:
         stems = sorted(p.name.split(".")[0] for p in directory.glob("*.csv*") if not p.name.startswith("_"))
         symbols = [symbol_from_file_stem(stem) for stem in stems]
     if not symbols:
         raise ValueError(f"no symbols given and no candle files in {directory}")
-    step_ms = timeframe_ms(timeframe)
-    series = []
     if len(set(symbols)) != len(symbols):
         raise ConfigError(f"csv source: symbols {symbols} repeat a pair; list each pair once")
+    step_ms = timeframe_ms(timeframe)
+    candles = []
     for symbol in symbols:
-        path = _candle_file(directory, symbol)
-        rows = _read_candles_csv(path)
-        times = rows[:, 0].astype(np.int64)
-        _check_spacing(path, times, timeframe, step_ms)
-        ind = compute_indicators(rows[:, 1], rows[:, 2], rows[:, 3], rows[:, 4], rows[:, 5], times, step_ms)
-        entry = {"open_time_ms": times, "open": rows[:, 1], "high": rows[:, 2], "low": rows[:, 3],
-                 "close": rows[:, 4], "volume": rows[:, 5], "warm": ind["warm"]}
-        entry.update({name: ind[name] for name in FEATURE_NAMES})
-        series.append(entry)
-    meta = {"source": "csv", "path": str(directory)}
-    data = align(list(symbols), timeframe, series, list(FEATURE_NAMES), meta)
+        rows, path = _read_joined_candles(directories, symbol)
+        _check_spacing(path, rows[:, 0].astype(np.int64), timeframe, step_ms)
+        candles.append(rows)
+    paths: Any = [str(d) for d in directories] if len(directories) > 1 else str(directory)
+    data = from_candles(list(symbols), timeframe, candles, {"source": "csv", "path": paths})
     start_ms = None if start is None else to_ms(start)
     end_ms = None if end is None else to_ms(end)
     return data.slice_time(start_ms, end_ms)
@@ -269,17 +242,24 @@ def check_source(source: Mapping[str, Any]) -> None:
         if "symbols" not in source or "timeframe" not in source:
             raise ConfigError("a db source needs symbols and timeframe")
     _check_symbols(source.get("symbols"), where, required=kind == "db")
-    _check_timeframe(source["timeframe"], where)
     _source_range_ms(source, where)
+    folders = []
     if kind == "csv":
-        directory = Path(source["path"])
-        if not directory.is_dir():
-            raise ConfigError(f"{where}.path {directory} is not a directory of CSV candles")
+        folders = source["path"] if isinstance(source["path"], (list, tuple)) else [source["path"]]
+        for folder in folders:
+            if not Path(folder).is_dir():
+                raise ConfigError(f"{where}.path {folder} is not a directory of CSV candles")
+    _check_timeframe(source["timeframe"], where)  # imports ccxt (~0.7 s): after the cheap checks
+    if kind == "csv":
         for symbol in source.get("symbols") or []:
-            try:
-                _candle_file(directory, symbol)
-            except FileNotFoundError as exc:
-                raise ConfigError(f"{where}: {exc}") from None
+            found = []
+            for folder in folders:
+                try:
+                    found.append(_candle_file(Path(folder), symbol))
+                except FileNotFoundError as exc:
+                    missing = exc
+            if not found:
+                raise ConfigError(f"{where}: {missing}") from None
 
 
 def _check_spacing(path: Path, times: np.ndarray, timeframe: str, step_ms: int) -> None:

@@ -17,8 +17,9 @@ The scores are the means of the Gaussian over the env's N+1 logits (the env take
 with a learned, state-independent log std per logit. The value function is an ordinary MLP over
 the whole observation: it has to see the portfolio as a whole.
 
-Observation layout (`SequentialTradingEnv`, meta-agent): ``[N*F features (pair-major), N calls,
-N+1 weights (pairs, then cash)]``; the action space's N+1 logits tell N.
+Observation layout: `decision.ObservationLayout` (``[N*F features (pair-major), N calls, N+1 weights
+(pairs, then cash)]``); the action space's N+1 logits tell N. The scoring itself is
+`decision.pair_scores`, which the decision core also runs when it loads a saved run without Ray.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from torch import nn
 
+from decision import ObservationLayout, pair_scores
+
 
 class PairSharedAllocator(TorchRLModule, ValueFunctionAPI):
     """PPO module for the meta-agent. ``model_config``: ``hiddens`` (list of layer sizes, scorer and
@@ -43,12 +46,14 @@ class PairSharedAllocator(TorchRLModule, ValueFunctionAPI):
         cfg = self.model_config
         n = self.n_pairs = int(self.action_space.shape[0]) - 1
         obs_dim = int(self.observation_space.shape[0])
-        if n < 1 or obs_dim <= 2 * n + 1 or (obs_dim - 2 * n - 1) % n:
+        try:
+            self.layout = ObservationLayout.for_meta(obs_dim, n)
+        except ValueError as exc:
             raise ValueError(
                 f"observation ({obs_dim},) and action ({n + 1},) spaces are not the meta-agent's: "
                 "expected [N*F features, N calls, N+1 weights] and N+1 logits"
-            )
-        self.n_features = (obs_dim - 2 * n - 1) // n
+            ) from exc
+        self.n_features = self.layout.n_features
         hiddens, activation = [int(h) for h in cfg["hiddens"]], str(cfg["activation"])
         # Scorer input per pair: its F features, its specialist's call and its current weight.
         self.scorer = TorchMLP(
@@ -71,13 +76,7 @@ class PairSharedAllocator(TorchRLModule, ValueFunctionAPI):
         self.action_dist_cls = TorchDiagGaussian
 
     def _scores(self, obs: torch.Tensor) -> torch.Tensor:
-        n, f = self.n_pairs, self.n_features
-        # Cash as an (N+1)-th asset: zero-padded to neutral features and no call, its own weight.
-        features = nn.functional.pad(obs[:, : n * f].reshape(-1, n, f), (0, 0, 0, 1))
-        calls = nn.functional.pad(obs[:, n * f : n * f + n, None], (0, 0, 0, 1))
-        weights = obs[:, n * f + n :, None]  # pairs, then cash
-        scores = self.scorer(torch.cat((features, calls, weights), dim=-1)).squeeze(-1)
-        return scores + torch.cat((scores.new_zeros(n), self.cash_offset))
+        return pair_scores(self.scorer, self.cash_offset, obs, self.layout)
 
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         mean = self._scores(batch[Columns.OBS])

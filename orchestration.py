@@ -21,12 +21,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from settings import (  # noqa: F401  (parse_time_ms re-exported for the DAGs)
+from settings import (  # noqa: F401  (parse_time_ms and format_ms re-exported for the DAGs)
     CONFIG_DIR,
     ConfigError,
     check_keys,
     data_config,
     env,
+    format_ms,
     load_yaml,
     merge,
     parse_time_ms,
@@ -49,7 +50,8 @@ _SCHEMA: dict[str, Any] = {
     "backfill": {"chunk_days"},
     "quality": {"max_lag_bars", "gap_lookback_bars"},
     "dbt": {"build_args", "pool", "pool_slots"},
-    "runner": {"host", "port", "metadata_database", "stop_timeout_s"},
+    "runner": {"host", "port", "metadata_database", "stop_timeout_s", "worker_log_server_port",
+               "trigger_log_server_port"},
 }
 
 
@@ -155,13 +157,6 @@ def load_config(path: str | Path | None = None) -> PipelineConfig:
 
 
 
-def format_ms(ts_ms: int | None) -> str:
-    """A readable UTC timestamp for logs and reports."""
-    if ts_ms is None:
-        return "-"
-    return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
-
-
 def plan_ingest(
     config: PipelineConfig, interval_start_ms: int, interval_end_ms: int, fill_interval: bool = False
 ) -> list[dict[str, Any]]:
@@ -248,6 +243,8 @@ def run_fetch(target: dict[str, Any], config: PipelineConfig | None = None) -> d
     import dataclasses
 
     import data_fetch_job  # imported lazily: DAG parsing must stay light
+    import db
+    from fetch_data import ExchangeOutage
 
     config = config or load_config()
     policy = None
@@ -257,12 +254,16 @@ def run_fetch(target: dict[str, Any], config: PipelineConfig | None = None) -> d
             max_retries=config.fetch.request_retries,
         )
     log.info("fetching %s", target_label(target))
-    results = data_fetch_job.run_job(
-        [target["symbol"]], [target["timeframe"]], since_ms=target.get("since_ms"),
-        until_ms=target.get("until_ms"), exchange=config.exchange,
-        default_since_ms=parse_time_ms(config.since) if config.since else None,
-        policy=policy, show_progress=False,
-    )
+    try:
+        results = data_fetch_job.run_job(
+            [target["symbol"]], [target["timeframe"]], since_ms=target.get("since_ms"),
+            until_ms=target.get("until_ms"), exchange=config.exchange,
+            default_since_ms=parse_time_ms(config.since) if config.since else None,
+            policy=policy, show_progress=False,
+        )
+    except (ExchangeOutage, db.DatabaseUnavailable) as exc:
+        # the exchange or the database is down: Airflow retries the task later with backoff
+        raise FetchError(f"{target_label(target)}: {exc}") from exc
     if len(results) != 1:
         raise FetchError(f"expected one result for {target_label(target)}, got {len(results)}")
     record = _jsonable(_as_dict(results[0]))
@@ -292,23 +293,6 @@ def run_dbt_build(config: PipelineConfig) -> None:
 
     log.info("dbt %s", " ".join(config.dbt_build_args))
     dbt_runner.run_dbt(list(config.dbt_build_args))
-
-
-def run_quality_check(config: PipelineConfig, end_ms: int) -> dict[str, Any]:
-    """Run :mod:`data_quality` over every configured series as of ``end_ms``; raise if any issue.
-
-    Every configured pair is checked, including one whose fetch failed in this run: if its data is
-    now stale the gate fails loudly and names it.
-    """
-    import data_quality
-    import db
-
-    report = data_quality.check_market_data(
-        db.get_engine(), config.exchange, [(p, t) for p in config.pairs for t in config.timeframes],
-        end_ms, max_lag_bars=config.max_lag_bars, gap_lookback_bars=config.gap_lookback_bars,
-    )
-    data_quality.assert_quality(report)
-    return {"end_ms": end_ms, "checked": len(report.checked), "newest_ms": report.newest_ms}
 
 
 def summarize_chunks(chunks: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[str, Any]:

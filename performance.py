@@ -8,6 +8,12 @@ bar t+1 through `Portfolio.rebalance` (same fee, slippage and exchange rules); e
 each bar's CLOSE. Bar 0 holds the initial cash untouched (nothing has been decided yet), so every
 curve starts at the initial capital and the drawdown is measured from it.
 
+The agent is the run's `decision.Policy` (`decision.load_policy`, no Ray) played by the one episode
+loop, `decision.play_policy`. Its observations need `decision.history_bars` bars up to each decision:
+that many bars before the range's first bar are loaded from the same source as warm-up, and the agent
+trades from the first bar of the range only; a range too close to the start of the data is refused
+with the number of missing bars. The benchmarks trade the same bars.
+
 Outputs in ``--out`` (default ``logs/NAME/backtest/``): ``metrics.json``, ``equity.csv``,
 ``report.html`` with PNG figures beside it, and a console table (see `write_report`).
 """
@@ -15,159 +21,25 @@ Outputs in ``--out`` (default ``logs/NAME/backtest/``): ``metrics.json``, ``equi
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import math
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import console
+import decision
 import metrics
 import tearsheet
-from market_data import MarketData
-from Portfolio import Portfolio
-from settings import ConfigError, parse_time_ms
+from backtest import BacktestRecord, Recorder, make_portfolio, simulate_targets  # noqa: F401
+from decision import play_policy
+from market_arrays import MarketData
+from settings import PROJECT_ROOT, ConfigError, format_ms, parse_time_ms
 
 BENCHMARKS = ("buy_hold_first", "equal_weight_hold", "equal_weight_rebalanced", "cash")
-
-
-@dataclass
-class BacktestRecord:
-    """One strategy's path over T bars (N pairs; the last weight column is cash).
-
-    Row t describes bar t: the rebalance executed at its open (if any), then the mark at its close.
-    """
-
-    name: str
-    symbols: list[str]
-    open_time_ms: np.ndarray  # [T]
-    equity: np.ndarray  # [T] portfolio value at each bar's close (quote currency)
-    weights_before: np.ndarray  # [T, N+1] weights at the open, before the rebalance
-    weights_after: np.ndarray  # [T, N+1] weights right after the rebalance (held through the bar)
-    fees: np.ndarray  # [T, N] fees paid per pair (quote currency)
-    pnl: np.ndarray  # [T, N] per-pair PnL over the bar, net of its fees and slippage (quote currency)
-    calls: np.ndarray | None = None  # [T, N] specialists' answers at bar t's close: -1 sell, 0 hold, +1 buy
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def metrics(self, periods: float) -> dict[str, float]:
-        """Every metric of `metrics.METRIC_NAMES` for this path."""
-        return metrics.compute_all(self.equity, periods, self.weights_before, self.weights_after, self.fees)
-
-
-def make_portfolio(symbols: Sequence[str], portfolio_cfg: Mapping[str, Any] | None) -> Portfolio:
-    """A `Portfolio` from a ``portfolio`` config section (the run's), fills recorded off for speed."""
-    cfg = dict(portfolio_cfg or {})
-    cfg["record_fills"] = False  # the backtest keeps its own per-bar record
-    return Portfolio.from_config(symbols, cfg)
-
-
-class Recorder:
-    """Builds a `BacktestRecord` from a `Portfolio` that someone else trades, one call per bar.
-
-    Call `bar(t, fills)` once per bar t after that bar's rebalance at the open (``fills=None`` when
-    nothing traded). The loop only copies the holdings; weights, equity and per-pair PnL are derived
-    in `record` with array operations, which keeps a year of hourly bars cheap.
-    """
-
-    def __init__(self, name: str, market: MarketData, portfolio: Portfolio) -> None:
-        steps, n = market.n_bars, market.n_pairs
-        self.name, self.market, self.portfolio = name, market, portfolio
-        self.initial_value = float(portfolio.value(market.open[0]))
-        self.initial_cash = float(portfolio.cash)
-        self.initial_qty = portfolio.qty.copy()
-        self.qty = np.zeros((steps, n))  # holdings after bar t's rebalance
-        self.cash = np.zeros(steps)
-        self.fees = np.zeros((steps, n))
-        self.slippage = np.zeros((steps, n))  # slippage cost per pair (quote), already in the fill prices
-        self.calls: np.ndarray | None = None
-        self._n = 0
-
-    def bar(self, t: int, fills: Any = None) -> None:
-        """Record bar t's holdings after its rebalance; ``fills`` is the `Fills` it returned, if any."""
-        self.qty[t] = self.portfolio.qty
-        self.cash[t] = self.portfolio.cash
-        if fills is not None:
-            self.fees[t] = fills.fee
-            self.slippage[t] = fills.slippage
-        self._n = t + 1
-
-    def bar_from_portfolio(self, t: int, traded: bool) -> None:
-        """Record bar t when only the portfolio is at hand (an env traded it): ``traded`` says whether
-        it rebalanced during this bar, so that its last rebalance's costs belong to bar t."""
-        if traded:
-            self.fees[t] = self.portfolio.last_fees
-            self.slippage[t] = self.portfolio.last_slippage
-        self.qty[t] = self.portfolio.qty
-        self.cash[t] = self.portfolio.cash
-        self._n = t + 1
-
-    def record(self) -> BacktestRecord:
-        """The recorded bars as a `BacktestRecord`."""
-        n = self._n
-        m = self.market
-        qty, cash, fees = self.qty[:n], self.cash[:n], self.fees[:n]
-        open_, close = m.open[:n], m.close[:n]
-        qty_prev = np.vstack((self.initial_qty[None, :], qty[:-1]))
-        # Quote paid into each pair at the open (sells negative): fills are the open -+ slippage, so
-        # qty * fill price = dq * open + slippage cost on either side.
-        flow = (qty - qty_prev) * open_ + self.slippage[:n]
-        cash_prev = np.concatenate(([self.initial_cash], cash[:-1]))
-
-        def weights(q: np.ndarray, c: np.ndarray, p: np.ndarray) -> np.ndarray:
-            held = q * p
-            total = c + held.sum(axis=1)
-            w = np.column_stack((held, c))
-            safe = np.where(total > 0.0, total, 1.0)[:, None]
-            # A ruined portfolio (nothing left) counts as all cash, as Portfolio.weights says.
-            return np.where(total[:, None] > 0.0, w / safe, np.eye(q.shape[1] + 1)[-1])
-
-        held_close = qty * close
-        held_prev_close = np.vstack((self.initial_qty[None, :] * m.open[0], held_close[:-1]))
-        return BacktestRecord(
-            name=self.name,
-            symbols=list(m.symbols),
-            open_time_ms=np.asarray(m.open_time_ms[:n]),
-            equity=cash + held_close.sum(axis=1),
-            weights_before=weights(qty_prev, cash_prev, open_),
-            weights_after=weights(qty, cash, open_),
-            fees=fees.copy(),
-            # The change of a position's value minus what was paid into it; cash itself earns nothing.
-            pnl=held_close - held_prev_close - flow - fees,
-            calls=None if self.calls is None else self.calls[:n].copy(),
-        )
-
-
-def simulate_targets(
-    name: str,
-    market: MarketData,
-    targets: np.ndarray,
-    portfolio_cfg: Mapping[str, Any] | None = None,
-) -> BacktestRecord:
-    """Trade a precomputed target-weight schedule through `Portfolio` with the env's timing.
-
-    ``targets[t]`` ([T, N+1], pairs then cash) is decided after bar t's close and executed at bar
-    t+1's open; a row of NaN means "no rebalance" (hold whatever drifted). The last row is unused.
-    """
-    steps, n = market.n_bars, market.n_pairs
-    targets = np.asarray(targets, dtype=np.float64)
-    if targets.shape != (steps, n + 1):
-        raise ValueError(f"targets must be [T, N+1] = {(steps, n + 1)}, got {targets.shape}")
-    pf = make_portfolio(market.symbols, portfolio_cfg)
-    rec = Recorder(name, market, pf)
-    act = ~np.isnan(targets).any(axis=1)
-    need_volume = pf.impact_bps > 0.0
-    open_, volume, times, act = market.open, market.volume, market.open_time_ms.tolist(), act.tolist()
-    for t in range(steps):
-        fills = None
-        if t > 0 and act[t - 1]:
-            fills = pf.rebalance(targets[t - 1], open_[t], volumes=volume[t] if need_volume else None,
-                                 ts_ms=times[t])
-        rec.bar(t, fills)
-    return rec.record()
 
 
 def benchmark_targets(name: str, n_bars: int, n_pairs: int) -> np.ndarray:
@@ -326,7 +198,6 @@ def load_market(
 ) -> MarketData:
     """The run's own data source, or CSV candles from ``data_dir`` for the run's pairs and timeframe."""
     import market_data
-    from settings import ConfigError
 
     if data_dir is None:
         source = dict(cfg["data"]["source"])
@@ -343,11 +214,16 @@ def load_market(
 
 
 def select_range(
-    cfg: Mapping[str, Any], market: MarketData, split: str | None, start: str | None, end: str | None
-) -> tuple[MarketData, str]:
-    """Bars of the chosen split (dates from the run's config) or of [start, end); refuse an empty range."""
-    import Train
-
+    cfg: Mapping[str, Any],
+    market: MarketData,
+    split: str | None,
+    start: str | None,
+    end: str | None,
+    history_bars: int = 1,
+) -> tuple[MarketData, int, str]:
+    """Bars of the chosen split (dates from the run's config) or of [start, end), with the
+    ``history_bars - 1`` bars before them as warm-up: (slice, index of the first traded bar, label).
+    Refuses an empty range and a range without enough history before it (naming what is missing)."""
     if start is not None or end is not None:
         start_ms = None if start is None else parse_date_ms(start, "--start")
         end_ms = None if end is None else parse_date_ms(end, "--end")
@@ -356,132 +232,21 @@ def select_range(
         label = f"{start or 'start'} .. {end or 'end'}"
     else:
         split = split or "test"
-        ranges = Train.split_ranges_ms(dict(cfg))
-        if split not in ranges:
-            raise BacktestError(f"--split {split!r} unknown; the run defines {sorted(ranges)}")
-        start_ms, end_ms = ranges[split]
+        splits = cfg["data"]["splits"]
+        if split not in splits:
+            raise BacktestError(f"--split {split!r} unknown; the run defines {sorted(splits)}")
+        start_ms = parse_date_ms(str(splits[split]["start"]), f"data.splits.{split}.start")
+        end_ms = parse_date_ms(str(splits[split]["end"]), f"data.splits.{split}.end")
         label = f"{split} split"
-    part = market.slice_time(start_ms, end_ms)
-    if part.n_bars < 2:
-        covers = (f"{_iso(market.open_time_ms[0])} .. {_iso(market.open_time_ms[-1])}"
-                  if market.n_bars else "nothing")
-        raise BacktestError(f"the {label} holds {part.n_bars} bars (need at least 2); "
-                            f"the data covers {covers}")
-    return part, label
-
-
-def _iso(ms: int) -> str:
-    return dt.datetime.fromtimestamp(int(ms) / 1000, tz=dt.UTC).isoformat(timespec="minutes")
-
-
-def play_agent(cfg: Mapping[str, Any], policy: Any, market: MarketData, seed: int = 0) -> BacktestRecord:
-    """Play the run's deterministic policy once over ``market`` through the env (eval mode) and record it.
-
-    The env's own `Portfolio` is what gets recorded, bar by bar, so the agent's curve is exactly the
-    env's accounting. Specialists' calls (learned and rule-based) are read when the meta-agent acts.
-    """
-    import torch
-
-    import Train
-
-    env = Train.make_env(dict(cfg), market, mode="eval")
-    # The networks are tiny: one intra-op thread is fastest, and extra threads spin against other
-    # processes on a busy machine (measured: 4.5 ms instead of 25 us per linear layer on 2 cores).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
-        env.reset(seed=seed)
-        raw = env.unwrapped
-        pf = raw.portfolio
-        rec = Recorder("agent", market, pf)
-        rec.calls = np.zeros((market.n_bars, market.n_pairs), dtype=np.int8)
-        act = BatchedPolicy(policy, raw)
-        rec.bar(raw.bar)
-        steps_seen = pf.steps
-        for agent in env.agent_iter():
-            obs, _, terminated, truncated, _ = env.last()
-            if terminated or truncated:
-                env.step(None)
-                continue
-            if agent == "meta":
-                rec.calls[raw.bar] = raw.calls  # every pair's answer this bar, rule specialists included
-            env.step(act(agent, obs))
-            if agent == "meta":
-                rec.bar_from_portfolio(raw.bar, pf.steps != steps_seen)
-                steps_seen = pf.steps
-        return rec.record()
-    finally:
-        torch.set_num_threads(threads)
-        env.close()
-
-
-class BatchedPolicy:
-    """The run's deterministic policy, answering every learned specialist of a bar in one forward pass.
-
-    A specialist's observation depends only on its pair's features and weight, not on the other
-    specialists' answers in the same bar, so all of them can be computed at the bar's first turn.
-    Each turn still checks that the observation it is handed equals the one the batch used, and
-    falls back to a single call if not: the batch is a speed-up, never a change of behaviour.
-    The meta-agent's fast path is likewise checked against the policy's own answer on the first
-    bar and only used when they agree exactly. (Measured: half the CPU of calling the policy.)
-    """
-
-    def __init__(self, policy: Any, raw_env: Any) -> None:
-        self.policy = policy
-        self.raw = raw_env
-        self.specialists = [a for a in raw_env.possible_agents if a != "meta"]
-        self._bar = -1
-        self._obs: dict[str, np.ndarray] = {}
-        self._actions: dict[str, int] = {}
-        # The fast paths need the run's RLModules (Train.RunPolicy); any other callable is used as is.
-        self.batched = hasattr(policy, "modules") and hasattr(policy, "normalize_actions")
-        self.meta_fast: bool | None = None
-
-    def _batch(self) -> None:
-        import torch
-        from ray.rllib.core import Columns
-
-        module = self.policy.modules["specialist"]
-        self._obs = {a: self.raw.observe(a) for a in self.specialists}
-        batch = torch.as_tensor(np.stack([self._obs[a] for a in self.specialists]))
-        with torch.no_grad():
-            # The module is already in eval mode (load_run); the public forward_inference would
-            # re-walk the module tree to set it on every call, which costs as much as the forward.
-            out = module._forward_inference({Columns.OBS: batch})
-        # Deterministic action of a Categorical over sell/hold/buy: the most likely one (what
-        # RLlib's to_deterministic() gives, without building distribution objects every bar).
-        actions = out[Columns.ACTION_DIST_INPUTS].argmax(dim=-1).numpy()
-        self._actions = dict(zip(self.specialists, actions.astype(int).tolist(), strict=True))
-        self._bar = self.raw.bar
-
-    def _meta(self, obs: np.ndarray) -> Any:
-        """The meta-agent's deterministic action: the Gaussian's mean, post-processed like the policy's."""
-        import torch
-        from ray.rllib.core import Columns
-        from ray.rllib.utils.spaces.space_utils import clip_action, unsquash_action
-
-        module = self.policy.modules["meta"]
-        with torch.no_grad():
-            out = module._forward_inference({Columns.OBS: torch.as_tensor(obs[None])})
-        inputs = out[Columns.ACTION_DIST_INPUTS][0].numpy()
-        mean = inputs[: inputs.shape[0] // 2]  # diagonal Gaussian inputs: means, then log-stds
-        space = module.action_space
-        return unsquash_action(mean, space) if self.policy.normalize_actions else clip_action(mean, space)
-
-    def __call__(self, agent: str, obs: np.ndarray) -> Any:
-        if not self.batched:
-            return self.policy(agent, obs)
-        if agent == "meta":
-            if self.meta_fast is None:  # first bar: use the fast path only if it agrees exactly
-                reference = np.asarray(self.policy(agent, obs))
-                self.meta_fast = bool(np.array_equal(np.asarray(self._meta(obs)), reference))
-                return reference
-            return self._meta(obs) if self.meta_fast else self.policy(agent, obs)
-        if self._bar != self.raw.bar:
-            self._batch()
-        if not np.array_equal(self._obs[agent], obs):
-            return self.policy(agent, obs)
-        return self._actions[agent]
+        part, first_bar = decision.warm_range(market, start_ms, end_ms, history_bars, f"the {label}")
+    except ConfigError as exc:
+        raise BacktestError(str(exc)) from None
+    if part.n_bars - first_bar < 2:
+        covers = f"{format_ms(market.open_time_ms[0])} .. {format_ms(market.open_time_ms[-1])}"
+        raise BacktestError(f"the {label} holds {part.n_bars - first_bar} bars (need at least 2); "
+                            f"the data covers {covers}")
+    return part, first_bar, label
 
 
 def portfolio_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -519,16 +284,18 @@ def backtest(
     end: str | None = None,
     data_dir: str | Path | None = None,
     market: MarketData | None = None,
+    first_bar: int | None = None,
     allow_data_change: bool = False,
 ) -> BacktestResult:
     """Backtest the saved run at ``run_dir`` and write its report; see the module docstring.
 
-    ``market`` (already the bars to play) bypasses data loading and range selection. Raises
-    `BacktestError` for a missing or corrupt run, a manifest mismatch or an empty range.
+    The run's policy decides with the decision core from `decision.history_bars` of warm-up loaded
+    before the range (from the same source); it trades from the range's first bar only. ``market``
+    bypasses data loading and range selection: it trades from its bar ``first_bar`` (default
+    ``history_bars - 1``, the first warm one). Raises `BacktestError` for a missing or corrupt run, a
+    manifest mismatch, an empty range or missing history.
     """
     import time
-
-    import Train
 
     timings: dict[str, tuple[float, float]] = {}
     tick = (time.perf_counter(), time.process_time())
@@ -536,7 +303,8 @@ def backtest(
     if not run_dir.is_dir():
         raise BacktestError(f"--run {run_dir} does not exist; runs live in saved_models/<run_id>/")
     try:
-        cfg, manifest, policy = Train.load_run(run_dir)
+        cfg, manifest = decision.load_run_files(run_dir)
+        policy = decision.load_policy(run_dir)
     except (FileNotFoundError, ValueError, OSError) as exc:
         raise BacktestError(f"cannot load the run: {exc}") from exc
     except KeyError as exc:  # a config.yaml from another version of Train.py
@@ -548,29 +316,36 @@ def backtest(
     if market is None:
         full = load_market(cfg, manifest, data_dir)
         check_manifest(manifest, full)
-        market, label = select_range(cfg, full, split, start, end)
+        market, first_bar, label = select_range(cfg, full, split, start, end, policy.history_bars)
+        # The manifest hashed the split itself: compare the traded bars, not the warm-up before them.
         data_changes = check_split_data(
-            manifest, None if (start or end) else (split or "test"), market, allow_data_change
+            manifest, None if (start or end) else (split or "test"),
+            market.slice_bars(first_bar, market.n_bars), allow_data_change,
         )
     else:
         check_manifest(manifest, market)
+        first_bar = policy.history_bars - 1 if first_bar is None else first_bar
         label = "given bars"
         data_changes = []
     timings["load data"] = (time.perf_counter() - tick[0], time.process_time() - tick[1])
 
     tick = (time.perf_counter(), time.process_time())
-    agent = play_agent(cfg, policy, market, seed=int(cfg.get("run", {}).get("seed", 0)))
-    timings["agent through env"] = (time.perf_counter() - tick[0], time.process_time() - tick[1])
-    played = market.slice_bars(0, len(agent.equity))  # ruin ends the episode early
+    try:
+        agent = play_policy(policy, market, first_bar)
+    except ConfigError as exc:
+        raise BacktestError(str(exc)) from None
+    timings["agent (decisions + accounting)"] = (time.perf_counter() - tick[0], time.process_time() - tick[1])
+    played = market.slice_bars(first_bar, first_bar + len(agent.equity))  # ruin ends the episode early
 
     tick = (time.perf_counter(), time.process_time())
     records = {"agent": agent, **run_benchmarks(played, portfolio_config(cfg))}
     timings["benchmarks"] = (time.perf_counter() - tick[0], time.process_time() - tick[1])
 
     tick = (time.perf_counter(), time.process_time())
-    out = Path(out_dir) if out_dir is not None else Train.LOGS / run_dir.name / "backtest"
+    out = Path(out_dir) if out_dir is not None else PROJECT_ROOT / "logs" / run_dir.name / "backtest"
     periods = metrics.periods_per_year(market.timeframe)
-    notes = {"run": str(run_dir), "range": label, "portfolio": portfolio_config(cfg) or "env defaults"}
+    notes = {"run": str(run_dir), "range": label, "portfolio": portfolio_config(cfg) or "env defaults",
+             "warm-up": f"{first_bar} bars before the first traded bar (history_bars {policy.history_bars})"}
     if data_changes:
         notes["data changed since training (--allow-data-change)"] = "; ".join(data_changes)
     data_source = data_source_of(cfg, manifest, data_dir)
@@ -605,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     agent = result.records["agent"]
     print(f"{Path(args.run).name} on {result.data_source}, {result.label}: {len(agent.equity)} bars, "
-          f"{_iso(agent.open_time_ms[0])} .. {_iso(agent.open_time_ms[-1])} UTC")
+          f"{format_ms(agent.open_time_ms[0])} .. {format_ms(agent.open_time_ms[-1])} UTC")
     print(format_table(result.table))
     print(f"report: {result.out_dir / 'report.html'}")
     return 0

@@ -495,9 +495,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         # them): a file's source replaces the default one instead of being merged into it.
         data = user.get("data")
         source = data.pop("source", None) if isinstance(data, dict) else None
-        for key in ("env", *(k for k in user if k != "env")):
-            if key in user and key in cfg and isinstance(cfg[key], dict) and not isinstance(user[key], dict):
-                raise ConfigError(f"{path}: {key} must be a mapping of settings, got {user[key]!r}")
+        for key, value in user.items():  # merge would replace a whole section by a scalar
+            if isinstance(cfg.get(key), dict) and not isinstance(value, dict):
+                raise ConfigError(f"{path}: {key} must be a mapping of settings, got {value!r}")
         cfg = merge(cfg, user, str(path))
         if source is not None:
             cfg["data"]["source"] = source
@@ -509,9 +509,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def resolve_env_config(env_cfg: dict[str, Any]) -> dict[str, Any]:
-    """The env's own validation and defaults (`SequentialTradingEnv.resolve_config`)."""
-    import SequentialTradingEnv
+    """The env's own validation and defaults (`env_config.resolve_config`)."""
+    import env_config
 
     if not isinstance(env_cfg, dict):
         raise ConfigError(f"env must be a mapping of env settings, got {env_cfg!r}")
-    return SequentialTradingEnv.resolve_config(env_cfg)
+    return env_config.resolve_config(env_cfg)

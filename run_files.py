@@ -1,6 +1,6 @@
 """A run's files: where they live, what the run was trained on, and whether that is still true.
 
-Layout (``Train.py`` writes it, ``performance.py`` and ``Train.load_run`` read it)::
+Layout (``Train.py`` writes it, ``performance.py`` and ``decision.load_policy`` read it)::
 
     saved_models/<run_id>/config.yaml      resolved config
     saved_models/<run_id>/manifest.json    symbols, timeframe, features, source, per split: dates,

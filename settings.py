@@ -111,6 +111,14 @@ def parse_time_ms(value: Any, where: str = "time") -> int:
     return int(value.timestamp() * 1000)
 
 
+def format_ms(ts_ms: int | None) -> str:
+    """Epoch milliseconds as a readable UTC time, ``2021-01-01 00:00``; ``-`` for None. The project's
+    one timestamp formatter (logs, reports, error messages)."""
+    if ts_ms is None:
+        return "-"
+    return dt.datetime.fromtimestamp(int(ts_ms) / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M")
+
+
 def data_config() -> dict[str, Any]:
     """The market-data settings (pairs, timeframes, default ranges) from ``configs/data.yaml``."""
     return load_yaml(CONFIG_DIR / "data.yaml")

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from market_data import MarketData
+from market_arrays import MarketData
 from settings import ConfigError, merge
 
 LEARNED = "learned"
@@ -59,12 +59,18 @@ def bollinger_reversion(data: MarketData, lower: float, upper: float) -> np.ndar
 
 
 def _sma(close: np.ndarray, window: int) -> np.ndarray:
-    """Trailing simple moving average [T, N]; NaN until ``window`` bars exist."""
-    csum = np.cumsum(close, axis=0)
+    """Trailing simple moving average [T, N]; NaN until ``window`` bars exist.
+
+    Each average adds its own ``window`` closes in order (not a difference of running sums), so bar
+    t's value depends on bars t-window+1..t only, bit for bit, wherever the data slice starts (the
+    decision core's history rule)."""
     out = np.full(close.shape, np.nan)
-    out[window - 1 :] = csum[window - 1 :]
-    out[window:] -= csum[:-window]
-    out[window - 1 :] /= window
+    steps = close.shape[0] - window + 1
+    if steps > 0:
+        total = close[:steps].copy()
+        for k in range(1, window):
+            total += close[k : k + steps]
+        out[window - 1 :] = total / window
     return out
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from market_data import MarketData
+from market_arrays import MarketData
 from settings import ConfigError, merge, parse_time_ms
 
 SIGNAL_FEATURE = "signal"
@@ -193,7 +193,7 @@ def log_growth(
 ) -> float:
     """Log growth of trading ``targets`` through `Portfolio` with the env's timing (decide at the
     close of bar t, execute at the open of t+1, mark at the last close)."""
-    from performance import simulate_targets
+    from backtest import simulate_targets
 
     record = simulate_targets("oracle", data, targets, dict(portfolio_cfg or {}))
     return float(np.log(record.equity[-1] / record.equity[0]))

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import Train  # noqa: E402
+import training  # noqa: E402
 
 
 def trivial_env_class():
@@ -79,12 +80,12 @@ def trivial_env_class():
 
 def _trivial_creator(env_config, spec):
     # The same RLlib adapter as the real env's (resources), so only the env's work differs.
-    return Train.adapt_for_rllib(trivial_env_class()(*spec), env_config["cfg"])
+    return training.adapt_for_rllib(trivial_env_class()(*spec), env_config["cfg"])
 
 
 def env_spec(cfg: dict, data) -> tuple:
     """(agents, observation spaces, action spaces, episode bars) of the real env in training mode."""
-    real = Train.make_env(cfg, data, mode="train")
+    real = training.make_env(cfg, data, mode="train")
     real.reset(seed=0)
     agents = list(real.possible_agents)
     spec = (
@@ -101,7 +102,7 @@ def measure(cfg: dict, env_name: str, iterations: int) -> dict[str, float]:
     """Agent-steps/s of sampling alone and of whole iterations (after one warm-up iteration)."""
     from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
 
-    algo = Train.build_algo_config(cfg, env_name=env_name).build_algo()
+    algo = training.build_algo_config(cfg, env_name=env_name).build_algo()
     try:
         algo.train()  # warm-up: actor start, first weights sync, torch lazy init
         batch = cfg["ppo"]["train_batch_size"]
@@ -118,7 +119,7 @@ def measure(cfg: dict, env_name: str, iterations: int) -> dict[str, float]:
         for _ in range(iterations):
             tick = time.perf_counter()
             result = algo.train()
-            iteration_rates.append(Train._agent_steps(result) / (time.perf_counter() - tick))
+            iteration_rates.append(training.agent_steps(result) / (time.perf_counter() - tick))
     finally:
         algo.stop()
     return {"sample": float(np.median(sample_rates)), "iteration": float(np.median(iteration_rates))}
@@ -137,12 +138,12 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = Train.load_config(None, args.set)
     cfg["data"]["source"] = {**cfg["data"]["source"], "n_pairs": args.pairs}
-    splits = Train.load_splits(cfg)
+    splits = training.load_splits(cfg)
     log_dir = Path(tempfile.mkdtemp(prefix="bench_train_"))
-    Train.init_ray(None, log_dir)
-    Train._redirect_rllib_logdir(log_dir)
+    training.init_ray(None, log_dir)
+    training.redirect_rllib_logdir(log_dir)
     register_env("trivial_same_spaces", functools.partial(_trivial_creator, spec=env_spec(cfg, splits.train)))
-    runners = Train.resolve_num_env_runners(cfg)
+    runners = training.resolve_num_env_runners(cfg)
     cfg = Train.set_path(cfg, "resources.num_env_runners", runners)
     print(
         f"{args.pairs} pairs ({args.pairs + 1} agents), {runners} env runners x "
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows = {}
     for name, env_name in (
-        ("SequentialTradingEnv", Train.ENV_NAME),
+        ("SequentialTradingEnv", training.ENV_NAME),
         ("trivial (same spaces)", "trivial_same_spaces"),
     ):
         rows[name] = measure(cfg, env_name, args.iterations)

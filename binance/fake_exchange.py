@@ -387,6 +387,7 @@ class FakeExchange:
         self._thread: threading.Thread | None = None
         self._aggregates: dict[tuple[str, str], Series] = {}
         self._by_id = {market_id(s): s for s in self.source.symbols}
+        self.account: Any = None  # binance.fake_orders.FakeAccount.attach() serves the order endpoints
 
     # -- clock -------------------------------------------------------------------------------
     @property
@@ -658,6 +659,10 @@ class _Handler(BaseHTTPRequestHandler):
             log.info("fake Binance: injecting %s on %s", fault.kind, self.path)
             if self._fault(fault, query):
                 return
+        answer = fake.account and fake.account.handle(method, self.path, body, self.headers)
+        if answer:  # an order endpoint (binance/fake_orders.py)
+            self._send(*answer, {})
+            return
         status, payload, headers = fake.handle(method, parts.path, query, body)
         self._send(status, payload, headers)
 

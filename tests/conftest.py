@@ -18,8 +18,18 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Property tests: under CI (CI=true, or HYPOTHESIS_PROFILE=ci) the examples are derived from each
+# test's name (derandomize), so a run can be repeated exactly and a red build is never a lucky draw;
+# no deadline either, since this machine is shared. Locally hypothesis explores new examples.
+hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, database=None, print_blob=True)
+hypothesis_settings.register_profile("dev", deadline=None)
+hypothesis_settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI", "").lower() == "true" else "dev")
+)
 sys.path.insert(0, str(ROOT))
 
 SHARED_DATA = Path(os.environ.get("CRYPTO_MARL_SHARED_DATA") or ROOT.parent / "shared" / "data")

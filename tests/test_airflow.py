@@ -267,3 +267,28 @@ def test_backfill_chunks_store_exactly_the_source_rows(dags, airflow_setup, fake
     _assert_stored_equals_source(engine, fake_exchange, "BNB/USDT", start_ms, end_ms)
     assert _count(engine, "SELECT count(*) FROM market.ohlcv WHERE symbol = 'BNB/USDT'") == 3 * 24
     assert _count(engine, "SELECT count(*) FROM features.indicators WHERE symbol = 'BNB/USDT'") == 3 * 24
+
+
+@pytest.mark.slow
+def test_quality_judges_the_runs_own_interval_not_newer_candles(airflow_setup, fake_exchange, monkeypatch):
+    """Defect 10: a backfill's quality task failed because a concurrent scheduled run had stored newer
+    candles between the backfill's dbt build and its check. Runs after the tests above, which built
+    features.indicators for BTC and ETH up to START + 9 days."""
+    import data_fetch_job
+    import data_quality
+    import orchestration
+    from binance import make_exchange
+
+    engine, config = airflow_setup["engine"], airflow_setup["config"]
+    built_ms = START_MS + 9 * DAY  # the interval the last dbt build covered ends here
+    later_ms = built_ms + 2 * DAY
+    fake_exchange.set_now(later_ms)
+    # the "concurrent scheduled run": newer candles, no dbt build yet
+    results = data_fetch_job.run_job(
+        list(config.pairs), ["1h"], built_ms, later_ms, engine, make_exchange(base_url=fake_exchange.url),
+        show_progress=False,
+    )
+    assert [r.status for r in results] == ["ok", "ok"]
+    assert orchestration.run_quality_check(config, built_ms)["checked"] == 2  # the earlier run's interval
+    with pytest.raises(data_quality.DataQualityError, match="features_lag"):  # the newer interval's gate
+        orchestration.run_quality_check(config, later_ms)

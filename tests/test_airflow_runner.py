@@ -1,11 +1,11 @@
-"""`make airflow` (airflow_runner): Airflow standalone comes up with the DAGs loaded and metadata in
-PostgreSQL, and Ctrl-C stops every process it started, even when launched with SIGINT ignored."""
+"""`make airflow` (airflow_runner): Airflow standalone comes up with the DAGs loaded, metadata in
+PostgreSQL and its log servers on the configured ports of 127.0.0.1 only, and Ctrl-C stops every
+process it started, even when launched with SIGINT ignored."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +16,14 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from _ports import free_port
 from sqlalchemy import create_engine, make_url, text
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_port()  # tests/_ports.py: outside the ephemeral range, where bind-then-release races
 
 
 def _healthy(port: int) -> bool:
@@ -50,19 +49,18 @@ def _wait(condition, timeout_s: float, what: str, proc: subprocess.Popen, log: P
 def test_runner_serves_dags_and_ctrl_c_stops_everything(database_url, tmp_path):
     server = make_url(database_url)
     meta_db = f"{server.database}_runner_{uuid.uuid4().hex[:6]}"
-    port = _free_port()
+    port, worker_logs, trigger_logs = _free_port(), _free_port(), _free_port()
     override = tmp_path / "pipeline.yaml"
+    # Airflow's log servers default to 8793/8794: keep clear of any other Airflow on this machine.
     override.write_text(yaml.safe_dump({"runner": {
         "host": "127.0.0.1", "port": port, "metadata_database": meta_db, "stop_timeout_s": 30,
+        "worker_log_server_port": worker_logs, "trigger_log_server_port": trigger_logs,
     }}))
     environ = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
     environ.update({
         "DATABASE_URL": database_url,
         "AIRFLOW_PIPELINE_CONFIG": str(override),
         "AIRFLOW_RUNNER_HOME": str(tmp_path / "home"),
-        # Airflow's log servers default to 8793/8794: keep clear of any other Airflow on this machine.
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
     })
     log = tmp_path / "runner.log"
     admin = create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
@@ -76,7 +74,7 @@ def test_runner_serves_dags_and_ctrl_c_stops_everything(database_url, tmp_path):
             stderr=subprocess.STDOUT, preexec_fn=ignore_sigint,
         )
     try:
-        _wait(lambda: _healthy(port), 180, "the API server", proc, log)
+        _wait(lambda: _healthy(port), 300, "the API server", proc, log)  # slow under load
         meta = create_engine(server.set(database=meta_db))
 
         def dags_loaded() -> bool:
@@ -92,6 +90,17 @@ def test_runner_serves_dags_and_ctrl_c_stops_everything(database_url, tmp_path):
 
         tree = psutil.Process(proc.pid).children(recursive=True)
         assert len(tree) >= 5  # standalone, scheduler, dag-processor, api-server, triggerer, ...
+
+        def log_servers() -> dict[int, set[str]]:  # port -> addresses listening on it
+            found: dict[int, set[str]] = {}
+            for conn in psutil.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN and conn.laddr.port in (worker_logs, trigger_logs):
+                    found.setdefault(conn.laddr.port, set()).add(conn.laddr.ip)
+            return found
+
+        _wait(lambda: len(log_servers()) == 2, 120, "both log servers", proc, log)
+        # the configured ports, on the loopback address only (Airflow alone binds every interface)
+        assert log_servers() == {worker_logs: {"127.0.0.1"}, trigger_logs: {"127.0.0.1"}}
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=90)
         survivors = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

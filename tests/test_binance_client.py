@@ -83,3 +83,28 @@ def test_symbols():
     for bad in ("BTCUSDT", "btc/usdt", "BTC/", "BTC/USDT/X"):
         with pytest.raises(ValueError, match="bad symbol"):
             parse_symbol(bad)
+
+
+def test_unreachable_exchange_is_described_with_url_cause_and_fix(monkeypatch):
+    import socket
+
+    import ccxt
+
+    from binance import api_base_url, network_cause, unreachable_hint
+
+    with socket.socket() as sock:  # bound, never listening: connections are refused
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        client = make_exchange(base_url=url)
+        assert api_base_url(client) == url
+        with pytest.raises(ccxt.NetworkError) as info:
+            client.fetch_time()
+    assert network_cause(info.value) == "ConnectionRefusedError: [Errno 111] Connection refused"
+    monkeypatch.setenv("BINANCE_BASE_URL", url)
+    hint = unreachable_hint(url)  # the user pointed BINANCE_BASE_URL at something that is not running
+    assert f"BINANCE_BASE_URL={url}" in hint and "python -m binance.fake_exchange" in hint
+    monkeypatch.delenv("BINANCE_BASE_URL")
+    assert api_base_url(make_exchange(base_url="")) == "https://api.binance.com"
+    hint = unreachable_hint("https://api.binance.com")  # no internet: the fake exchange is the way out
+    assert "network connection to https://api.binance.com" in hint
+    assert "BINANCE_BASE_URL=http://127.0.0.1:8765" in hint

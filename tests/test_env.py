@@ -166,7 +166,7 @@ def test_meta_observation_holds_features_answers_and_weights():
         t = raw.bar
         raw.step(0)  # specialist_SYN2 sells
         obs = raw.observe("meta")
-        np.testing.assert_array_equal(obs[: n * f], raw._latest[t].reshape(-1))
+        np.testing.assert_array_equal(obs[: n * f], raw.observed.features[t].reshape(-1))
         np.testing.assert_array_equal(obs[n * f : n * f + n], [rsi[t, 0], boll[t, 1], -1])
         np.testing.assert_allclose(obs[n * f + n :], raw.portfolio.weights(data.close[t]), atol=1e-6)
         raw.step(np.array([3, 0, 0, 1], np.float32))
@@ -184,13 +184,15 @@ def test_target_weights_respect_the_limits():
 
 def test_training_episodes_random_start_fixed_length_eval_whole_split():
     data = small_market()
-    train = S.raw_env(data=data, episode_length=50)
+    # Training starts where observations are fully warm (history_bars - 1 = 107 of 400 bars here).
+    train = S.raw_env(data=data, episode_length=50, normalization={"window": 100})
+    assert train.history_bars == 100 + 8 - 1
     starts = set()
     for seed in range(8):
         record = play(train, random_actions(train, np.random.default_rng(seed)), seed=seed)
         metas = [r for r in record if r[0] == "meta" and not (r[3] or r[4])]
         assert len(metas) == 50 and train.stop_bar - train.start_bar == 50
-        assert train.start_bar >= train._warmup and train.stop_bar <= data.n_bars - 1
+        assert train.start_bar >= train.history_bars - 1 and train.stop_bar <= data.n_bars - 1
         starts.add(train.start_bar)
     assert len(starts) > 1
     ev = S.raw_env(data=data, mode="eval", episode_length=50)
@@ -225,15 +227,20 @@ def test_render_summarizes_the_bar():
 
 def perturbed_after(data: MarketData, t: int, rng: np.random.Generator) -> MarketData:
     """``data`` with every row after bar t changed (prices, volumes and features)."""
-    k = data.n_bars - t - 1
+    return perturbed_from(data, t + 1, rng)
+
+
+def perturbed_from(data: MarketData, t: int, rng: np.random.Generator) -> MarketData:
+    """``data`` with every row from bar t on changed (prices, volumes and features)."""
+    k = data.n_bars - t
     factor = np.exp(rng.normal(0, 0.2, (k, data.n_pairs)))
     arrays = {}
     for name in ("open", "high", "low", "close", "volume"):
         a = getattr(data, name).copy()
-        a[t + 1 :] *= factor
+        a[t:] *= factor
         arrays[name] = a
     feats = data.features.copy()
-    feats[t + 1 :] += rng.normal(0, 3.0, feats[t + 1 :].shape)
+    feats[t:] += rng.normal(0, 3.0, feats[t:].shape)
     return MarketData(
         symbols=data.symbols,
         timeframe=data.timeframe,
@@ -277,6 +284,40 @@ def test_no_look_ahead(t, seed, norm):
     b = observations_until(S.env(data=changed, mode="eval", **cfg), t, random_actions_by_seed(seed))
     assert a == b
     assert len(a) == (t + 1) * 2
+    # The check can fail: changing bar t itself changes what is observed at bar t (once the rolling
+    # statistics have min_periods bars; before that every z-score is 0 by definition).
+    now = perturbed_from(data, t, np.random.default_rng(seed))
+    c = observations_until(S.env(data=now, mode="eval", **cfg), t, random_actions_by_seed(seed))
+    assert c[: 2 * t] == a[: 2 * t]
+    if norm == "none" or t >= 5 - 1:
+        assert c[2 * t :] != a[2 * t :], "bar t changed but its observation did not"
+
+
+def test_normalized_features_equal_an_independent_rolling_z_score():
+    data = small_market()
+    raw = S.raw_env(data=data, mode="eval", normalization={"window": 50, "min_periods": 10})
+    raw.reset()
+    lay = raw.observed.layout
+    names = raw.feature_names
+    x = np.stack([data.features[:, :, data.feature_names.index(n)] for n in names], axis=-1)
+    # Scale-free transform written out independently: price levels / close - 1, sizes / close.
+    for f, name in enumerate(names):
+        if name.startswith(("bb_middle", "bb_upper", "bb_lower")):
+            x[:, :, f] = x[:, :, f] / data.close - 1.0
+        elif name in ("atr_14", "macd", "macd_signal", "macd_hist"):
+            x[:, :, f] = x[:, :, f] / data.close
+    for t in range(0, 300):
+        obs = raw.observe("meta")[lay.meta_features].reshape(lay.n_pairs, lay.n_features)
+        w = x[max(0, t - 49) : t + 1]  # bars <= t only, the last 50
+        if len(w) < 10:
+            expected = np.zeros_like(x[t])
+        else:
+            expected = np.clip((x[t] - w.mean(axis=0)) / w.std(axis=0, ddof=1), -5.0, 5.0)
+        np.testing.assert_allclose(obs, expected, atol=2e-6, err_msg=f"bar {t}")
+        while raw.agent_selection != "meta":
+            raw.step(1)  # hold
+        raw.step(np.zeros(lay.n_pairs + 1, np.float32))
+    assert raw.bar == 300
 
 
 def random_actions_by_seed(seed: int):
@@ -369,7 +410,8 @@ def test_accounting_equals_portfolio_and_rewards_recomputed_independently(band):
 
 
 def trajectory(seed: int) -> list[bytes]:
-    env = S.env(data=small_market(), episode_length=120, specialists={"pairs": {"SYN2": "rsi"}})
+    env = S.env(data=small_market(), episode_length=120, specialists={"pairs": {"SYN2": "rsi"}},
+                normalization={"window": 100})
     out = []
     for agent, obs, reward, term, trunc, info in play(
         env, random_actions(env, np.random.default_rng(5)), seed=seed

@@ -239,3 +239,26 @@ def test_the_shared_fixture_serves_ccxt(fake_exchange):
     assert "BTC/USDT" in client.markets
     rows = client.fetch_ohlcv("BTC/USDT", "1h", limit=3)
     assert len(rows) == 3 and rows[-1][0] + H == fake_exchange.now_ms  # the newest candle just closed
+
+
+def test_damaged_page_faults():
+    """``empty``, ``truncated`` and ``missing_candle`` answer 200 with a damaged page; ``after`` lets
+    requests through first (synthetic market: no ../shared data needed)."""
+    from binance.fake_exchange import parse_fault
+
+    with FakeExchange() as fake:
+        klines = f"{fake.url}/api/v3/klines?symbol=BTCUSDT&interval=1h&startTime={JAN1}&limit=9"
+        full = get(klines)[2]
+        assert len(full) == 9
+        post(fake.url + "/_control/faults", {"kind": "empty", "after": 1})  # also over HTTP
+        assert get(klines)[2] == full  # let through
+        assert get(klines)[:3:2] == (200, [])
+        fake.inject("truncated")
+        assert get(klines)[2] == full[:4]
+        fake.inject("missing_candle")
+        assert get(klines)[2] == full[:4] + full[5:]
+        assert get(klines)[2] == full and fake.faults == []
+    spec = parse_fault("empty:-1:2:3")
+    assert (spec.kind, spec.count, spec.every, spec.after) == ("empty", -1, 2, 3)
+    with pytest.raises(ValueError, match="unknown fault kind"):
+        parse_fault("hole")

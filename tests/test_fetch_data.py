@@ -12,7 +12,7 @@ from _data_support import JAN1_2021, JUN1_2021, H, file_candles, stored
 import data_fetch_job
 import db
 from binance import make_exchange
-from binance.fake_exchange import FakeExchange
+from binance.fake_exchange import FakeExchange, as_served
 from fetch_data import (
     FetchError,
     InvalidCandleError,
@@ -298,9 +298,8 @@ def assert_source_rows(engine, fake, label, symbol, start_ms, end_ms):
     keep = (series.ts_ms >= start_ms) & (series.ts_ms < end_ms)
     got = stored(engine, symbol, exchange=label)
     np.testing.assert_array_equal(got.open_time_ms.to_numpy(), series.ts_ms[keep])
-    served = np.round(series.ohlcv[keep], 8)
     values = got[["open", "high", "low", "close", "volume"]].to_numpy()
-    np.testing.assert_allclose(values, served, rtol=0, atol=5e-9)
+    np.testing.assert_array_equal(values, as_served(series.ohlcv[keep]))
 
 
 def test_empty_page_mid_range_is_asked_again_and_the_range_completes(engine, synthetic, synthetic_client):
@@ -435,3 +434,23 @@ def test_a_lost_database_connection_records_the_root_cause(engine, synthetic, sy
     assert "already closed" not in runs.error["BTC/USDT"]
     assert [r.status for r in results] == ["failed", "ok"] and not results[0].outage
     assert len(stored(engine, "ETH/USDT", exchange="t_lost")) == 48
+
+
+def test_fetch_data_cli_exit_codes_for_outages(fresh_db, monkeypatch, capsys):
+    import socket
+
+    import fetch_data
+
+    with socket.socket() as sock:  # bound, never listening: refused
+        sock.bind(("127.0.0.1", 0))
+        refused = f"127.0.0.1:{sock.getsockname()[1]}"
+        monkeypatch.setenv("DATABASE_URL", fresh_db)
+        monkeypatch.setenv("BINANCE_BASE_URL", f"http://{refused}")
+        assert fetch_data.main(["BTC/USDT", "--since", "2021-01-01", "--until", "2021-01-02"]) == 3
+        assert f"cannot reach the exchange at http://{refused}" in capsys.readouterr().err
+        monkeypatch.setenv("DATABASE_URL", f"postgresql+psycopg2://postgres@{refused}/market")
+        assert fetch_data.main(["BTC/USDT", "--since", "2021-01-01", "--until", "2021-01-02"]) == 3
+        expected = f"cannot reach the database postgresql+psycopg2://postgres@{refused}/market"
+        assert expected in capsys.readouterr().err
+        assert fetch_data.main(["BTC/USDT", "--since", "1609459200"]) == 2  # refused before either
+        assert "looks like epoch SECONDS" in capsys.readouterr().err

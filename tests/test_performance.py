@@ -172,8 +172,8 @@ def test_refuses_empty_range():
     cfg = {"data": {"splits": {"train": {"start": "2020-01-01", "end": "2020-06-01"},
                                "validation": {"start": "2020-06-01", "end": "2020-09-01"},
                                "test": {"start": "2020-09-01", "end": "2021-01-01"}}}}
-    part, label = perf.select_range(cfg, market, "test", None, None)
-    assert part.n_bars == 48 and label == "test split"
+    part, first_bar, label = perf.select_range(cfg, market, "test", None, None)
+    assert part.n_bars == 48 and first_bar == 0 and label == "test split"
     with pytest.raises(perf.BacktestError, match="holds 0 bars"):
         perf.select_range(cfg, market, "train", None, None)
     with pytest.raises(perf.BacktestError, match="holds 0 bars"):
@@ -182,8 +182,20 @@ def test_refuses_empty_range():
         perf.select_range(cfg, market, None, "2021-01-01", "2020-01-01")
     with pytest.raises(perf.BacktestError, match="not a date"):
         perf.select_range(cfg, market, None, "yesterday", None)
-    part, _ = perf.select_range(cfg, market, None, "2020-09-14", "2020-09-14T06:00")
+    part, _, _ = perf.select_range(cfg, market, None, "2020-09-14", "2020-09-14T06:00")
     assert part.n_bars == 6
+
+
+def test_range_comes_with_its_history_or_is_refused():
+    market = toy_market(n_bars=48)  # hourly from 2020-09-13 12:26 UTC: 12 bars before 2020-09-14
+    cfg = {"data": {"splits": {"test": {"start": "2020-09-14", "end": "2021-01-01"}}}}
+    part, first_bar, _ = perf.select_range(cfg, market, "test", None, None, history_bars=5)
+    assert first_bar == 4 and part.open_time_ms[first_bar] >= perf.parse_date_ms("2020-09-14", "x")
+    assert part.open_time_ms[first_bar - 1] < perf.parse_date_ms("2020-09-14", "x")
+    np.testing.assert_array_equal(part.close, market.close[market.n_bars - part.n_bars :])
+    # 12 bars before the first one: 13 up to and including it, so a need of 20 lacks 7.
+    with pytest.raises(perf.BacktestError, match="needs 20 bars.*holds 13, so 7 bars are missing"):
+        perf.select_range(cfg, market, "test", None, None, history_bars=20)
 
 
 # ------------------------------------------------------------------------------ end to end (slow)
@@ -205,6 +217,12 @@ def smoke_run(tmp_path_factory):
     return base / "saved" / "smoke"
 
 
+def policy_cfg(run_dir):
+    import decision
+
+    return decision.load_run_files(run_dir)[0]
+
+
 @pytest.mark.slow
 def test_backtest_smoke_run_end_to_end(smoke_run, tmp_path, capsys):
     out = tmp_path / "report"
@@ -220,15 +238,29 @@ def test_backtest_smoke_run_end_to_end(smoke_run, tmp_path, capsys):
         assert set(metrics.METRIC_NAMES) <= set(data[name]), name
     assert data["cash"]["total_return"] == 0.0
 
-    # The agent's recorded path is the env's own accounting; deterministic from run to run.
-    import Train
+    # The agent's recorded path is the env's own accounting (the run's policy played through the env
+    # from the test split's first bar, warm from the bars before it); deterministic from run to run.
+    import decision
+    import SequentialTradingEnv
+    import training
 
-    cfg, manifest, policy = Train.load_run(smoke_run)
-    test = Train.load_splits(cfg).test
-    episode = Train.play_episode(Train.make_env(cfg, test, mode="eval"), policy, seed=cfg["run"]["seed"])
+    policy = decision.load_policy(smoke_run)
+    market, first_bar = training.load_splits(policy_cfg(smoke_run)).warm("test", policy.history_bars)
+    env = SequentialTradingEnv.env(data=market, mode="eval", first_bar=first_bar, **policy.env_config)
+    env.reset(seed=0)
+    equity = [env.unwrapped.portfolio_value]
+    for agent in env.agent_iter():
+        obs, _, terminated, truncated, _ = env.last()
+        if terminated or truncated:
+            env.step(None)
+            continue
+        env.step(policy.meta_action(obs) if agent == "meta" else int(policy.specialist_actions(obs[None])[0]))
+        if agent == "meta":
+            equity.append(env.unwrapped.portfolio_value)
     rows = (out / "equity.csv").read_text().splitlines()
     agent_equity = np.array([float(r.split(",")[1]) for r in rows[1:]])
-    np.testing.assert_allclose(agent_equity[-1], episode.equity[-1], rtol=1e-12)
+    np.testing.assert_array_equal(agent_equity, np.array(equity))
+    assert rows[1].split(",")[0] == str(perf.parse_date_ms("2020-01-22", "test start"))
     second = perf.backtest(smoke_run, tmp_path / "again", split="test")
     agent = second.records["agent"]
     np.testing.assert_array_equal(agent.equity, agent_equity)
@@ -248,11 +280,10 @@ def test_backtest_refuses_bad_inputs(smoke_run, tmp_path, capsys):
         perf.backtest(smoke_run, tmp_path / "x", data_dir=csv_dir)
     # The run's own pairs as CSV candles: the synthetic run also observed a planted `signal` feature
     # that candles cannot supply, so the features differ from the manifest.
-    import Train
+    import training
     from binance.symbols import file_stem
 
-    cfg, _, _ = Train.load_run(smoke_run)
-    test = Train.load_splits(cfg).test
+    test = training.load_splits(policy_cfg(smoke_run)).test
     for i, symbol in enumerate(test.symbols):
         rows = np.column_stack([test.open_time_ms, test.open[:, i], test.high[:, i], test.low[:, i],
                                 test.close[:, i], test.volume[:, i]])
@@ -262,6 +293,10 @@ def test_backtest_refuses_bad_inputs(smoke_run, tmp_path, capsys):
     assert "features" in capsys.readouterr().err
     assert perf.main(["--run", str(smoke_run), "--start", "2035-01-01", "--out", str(tmp_path / "y")]) == 2
     assert "holds 0 bars" in capsys.readouterr().err
+    # Too close to the start of the data: 24 bars before 2020-01-02, the run needs 96 + 8 - 1 = 103
+    # up to and including the first decision bar.
+    assert perf.main(["--run", str(smoke_run), "--start", "2020-01-02", "--out", str(tmp_path / "h")]) == 2
+    assert "holds 25, so 78 bars are missing" in capsys.readouterr().err
     # A corrupt checkpoint: the module weights are truncated.
     import shutil
 

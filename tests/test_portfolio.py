@@ -342,3 +342,28 @@ def test_accounting_properties(scenario):
         trip_pnl = sum(t.pnl for t in trips) + float(book.unrealized_pnl(p).sum())
         assert trip_pnl == pytest.approx(value_after - initial_cash, abs=1e-9 * (initial_cash + traded))
         assert sum(t.is_closed is False for t in trips) == int(np.count_nonzero(pf.qty))
+
+
+def _draws(profile: settings) -> list[list[float]]:
+    """The examples one property test sees in two runs under ``profile``."""
+    return [_one_run(profile) for _ in range(2)]
+
+
+def _one_run(profile: settings) -> list[float]:
+    seen: list[float] = []
+
+    @settings(profile, max_examples=20, database=None)
+    @given(st.floats(0.0, 1.0))
+    def draw(x: float) -> None:
+        seen.append(x)
+
+    draw()
+    return seen
+
+
+def test_ci_hypothesis_profile_is_deterministic():
+    """conftest's ``ci`` profile (loaded when CI=true): every run draws the same examples."""
+    first, second = _draws(settings.get_profile("ci"))
+    assert first == second
+    first, second = _draws(settings(derandomize=False))  # what CI ran before: a new draw each time
+    assert first != second

@@ -178,3 +178,18 @@ def test_a_section_that_is_not_a_mapping_is_named(tmp_path):
     path.write_text(yaml.safe_dump({"ppo": 3}))
     with pytest.raises(ConfigError, match="ppo must be a mapping"):
         run_config.load_config(path)
+
+
+def test_free_ports_stay_out_of_the_ephemeral_range():
+    """tests/_ports.py: servers' ports never come from the range outgoing connections draw from."""
+    import socket
+
+    from _ports import _ephemeral_range, free_port
+
+    low, high = _ephemeral_range()
+    ports = {free_port() for _ in range(50)}
+    assert all(not low <= p <= high for p in ports) and len(ports) > 40
+    with socket.socket() as sock:  # a bound port is never handed out
+        sock.bind(("127.0.0.1", 0))
+        taken = sock.getsockname()[1]
+        assert taken not in {free_port() for _ in range(50)}

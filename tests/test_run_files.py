@@ -219,7 +219,7 @@ def copy_run(run_dir: Path, tmp_path: Path) -> Path:
 def test_backtest_refuses_bit_rot_in_real_checkpoint(csv_run, tmp_path):
     from ray.rllib.core.rl_module.rl_module import RLModule
 
-    import Train
+    import decision
 
     run_dir = copy_run(csv_run[0], tmp_path)
     assert sorted(json.loads((run_dir / "checkpoint" / run_files.CHECKSUMS).read_text()))  # recorded
@@ -227,7 +227,7 @@ def test_backtest_refuses_bit_rot_in_real_checkpoint(csv_run, tmp_path):
     # Without the checksums the damage is silent: RLlib loads the module and it answers.
     RLModule.from_checkpoint(str((run_dir / "checkpoint" / META_STATE).parent.resolve()))
     with pytest.raises(RunIntegrityError, match=META_STATE):
-        Train.load_run(run_dir)
+        decision.load_policy(run_dir)
     proc = cli("performance.py", "--run", str(run_dir), "--out", str(tmp_path / "report"))
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"checkpoint/{META_STATE} changed" in proc.stderr and "Traceback" not in proc.stderr

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,8 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from _ports import free_port
 
+import backtest
+import decision
 import Train
+import training
 from settings import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +88,7 @@ def test_empty_split_is_a_clear_error(tmp_path):
     cfg = Train.load_config(ROOT / "configs" / "smoke.yaml")
     cfg = Train.set_path(cfg, "data.splits.test", {"start": "2035-01-01", "end": "2035-02-01"})
     with pytest.raises(ConfigError, match=r"split test holds no bars.*covers 2020-01-01"):
-        Train.load_splits(cfg)
+        training.load_splits(cfg)
 
 
 def test_cli_reports_config_errors(tmp_path, capsys):
@@ -116,14 +119,17 @@ def test_smoke_run_is_loadable_and_resumes(tmp_path):
     final = json.loads((run_dir / "metrics.json").read_text())
     assert final["iterations"] == 2 and final["best_iteration"] in (1, 2)
 
-    # What performance.py does: load the run and play the deterministic policy on the test split.
-    cfg, manifest2, policy = Train.load_run(run_dir)
+    # What performance.py does: load the run (no Ray) and play the deterministic policy on the test
+    # split, warm from the bars before it; the policy acts as RLlib's own modules do.
+    policy = decision.load_policy(run_dir)
+    cfg, manifest2 = decision.load_run_files(run_dir)
     assert manifest2 == manifest
-    assert type(policy.modules["meta"]).__name__ == "PairSharedAllocator"  # train.yaml's default meta
-    splits = Train.load_splits(cfg)
+    splits = training.load_splits(cfg)
     assert Train.data_hash(splits.train) == manifest["train_hash"]
-    records = [Train.play_episode(Train.make_env(cfg, splits.test, mode="eval"), policy) for _ in range(2)]
-    assert len(records[0].equity) == splits.test.n_bars or len(records[0].equity) > 1
+    assert_actions_match_rllib(run_dir, policy, splits)
+    market, first_bar = splits.warm("test", policy.history_bars)
+    records = [decision.play_policy(policy, market, first_bar) for _ in range(2)]
+    assert len(records[0].equity) == splits.test.n_bars
     assert np.all(np.isfinite(records[0].equity))
     np.testing.assert_array_equal(records[0].equity, records[1].equity)  # deterministic
 
@@ -143,19 +149,63 @@ def test_mlp_meta_trains_on_a_runner_and_reloads(tmp_path):
 
     run_cli(tmp_path, "--config", "configs/smoke.yaml", "--run-id", "mlp", "--set", "run.iterations=1",
             "--set", "model.meta_network=mlp", "--set", "resources.num_env_runners=1")  # fmt: skip
-    cfg, _, policy = Train.load_run(tmp_path / "saved" / "mlp")
-    meta = policy.modules["meta"]
+    run_dir = tmp_path / "saved" / "mlp"
+    policy = decision.load_policy(run_dir)
+    cfg, _ = decision.load_run_files(run_dir)
+    assert cfg["model"]["meta_network"] == "mlp"
+    splits = training.load_splits(cfg)
+    meta = assert_actions_match_rllib(run_dir, policy, splits)
     assert hasattr(meta, "pi") and not isinstance(meta, PairSharedAllocator)
-    env = Train.make_env(cfg, Train.load_splits(cfg).test, mode="eval")
-    records = [Train.play_episode(env, policy) for _ in range(2)]
+    market, first_bar = splits.warm("test", policy.history_bars)
+    records = [decision.play_policy(policy, market, first_bar) for _ in range(2)]
     assert len(records[0].equity) > 1 and np.all(np.isfinite(records[0].equity))
     np.testing.assert_array_equal(records[0].equity, records[1].equity)  # deterministic
 
 
+def assert_actions_match_rllib(run_dir: Path, policy: decision.Policy, splits: training.Splits):
+    """The decision core's policy (rebuilt with torch from the checkpoint files) gives RLlib's own
+    deterministic actions on fixed observations; returns RLlib's meta module."""
+    import torch
+    from ray.rllib.core import Columns
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    market, first_bar = splits.warm("test", policy.history_bars)
+    observed = decision.MarketObservations(market, policy.env_config)
+    rng = np.random.default_rng(0)
+    n = len(policy.symbols)
+    weights = [rng.dirichlet(np.ones(n + 1)) for _ in range(40)]
+    calls = [rng.integers(-1, 2, n) for _ in range(40)]
+    modules = {}
+    for module_id in decision.MODULE_IDS:
+        path = decision.module_state_path(run_dir, module_id).parent
+        module = modules[module_id] = RLModule.from_checkpoint(str(path.resolve()))
+        module.eval()
+        if module_id == "specialist":
+            obs = np.stack([observed.specialist(k % n, first_bar + k, weights[k][k % n]) for k in range(40)])
+        else:
+            obs = np.stack([observed.meta(first_bar + k, calls[k], weights[k]) for k in range(40)])
+        # One observation per forward pass, as the policy decides (a batch of 40 may round the last
+        # bit differently in the matrix products).
+        rllib = []
+        for row in obs:
+            with torch.no_grad():
+                out = module.forward_inference({Columns.OBS: torch.as_tensor(row[None])})
+            dist = module.get_inference_action_dist_cls().from_logits(out[Columns.ACTION_DIST_INPUTS])
+            rllib.append(dist.to_deterministic().sample().numpy()[0])
+        rllib = np.stack(rllib)
+        if module_id == "specialist":
+            ours = np.concatenate([policy.specialist_actions(row[None]) for row in obs])
+            np.testing.assert_array_equal(ours, rllib)
+        else:
+            space = module.action_space
+            ours = np.stack([policy.meta_action(o) for o in obs])
+            np.testing.assert_array_equal(ours, np.clip(rllib, space.low, space.high))
+            assert np.ptp(ours, axis=0).max() > 0  # the observations really differ in their actions
+    return modules["meta"]
+
+
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_port()  # tests/_ports.py: outside the ephemeral range, where bind-then-release races
 
 
 @pytest.mark.slow
@@ -205,7 +255,7 @@ def test_training_joins_a_local_ray_cluster(tmp_path):
         log = (tmp_path / "logs" / "cluster" / "progress.log").read_text()
         assert f"ray cluster {address}" in log
         assert not (tmp_path / "logs" / "cluster" / "ray").exists()  # the cluster keeps its own logs
-        Train.load_run(tmp_path / "saved" / "cluster")
+        decision.load_policy(tmp_path / "saved" / "cluster")
     finally:
         head.terminate()  # `ray start --block` then shuts down the processes of its own cluster
         try:
@@ -223,10 +273,11 @@ def test_tune_saves_the_best_trial_as_a_run(tmp_path):
     run_dir = tmp_path / "saved" / "search"
     results = (tmp_path / "logs" / "search" / "tune_results.csv").read_text().splitlines()
     assert len(results) == 1 + 2  # header + num_samples trials
-    cfg, _, policy = Train.load_run(run_dir)
+    cfg, _ = decision.load_run_files(run_dir)
+    decision.load_policy(run_dir)
     best = max(float(line.rsplit(",", 1)[1]) for line in results[1:])
     assert json.loads((run_dir / "state.json").read_text())["best_score"] == pytest.approx(best)
-    assert callable(policy) and cfg["run"]["iterations"] == 1
+    assert cfg["run"]["iterations"] == 1
 
 
 def test_meta_log_std_clip_bounds_the_meta_exploration():
@@ -235,8 +286,8 @@ def test_meta_log_std_clip_bounds_the_meta_exploration():
 
     overrides = ["model.meta_network=mlp", "model.meta_log_std_clip=0.5"]
     cfg = Train.load_config(ROOT / "configs" / "smoke.yaml", overrides)
-    env = Train.make_env(cfg, Train.load_splits(cfg).train)
-    spec = Train.build_algo_config(cfg).rl_module_spec.rl_module_specs["meta"]
+    env = training.make_env(cfg, training.load_splits(cfg).train)
+    spec = training.build_algo_config(cfg).rl_module_spec.rl_module_specs["meta"]
     spec.observation_space, spec.action_space = env.observation_space("meta"), env.action_space("meta")
     module = spec.build()
     last = [m for m in module.pi.modules() if isinstance(m, torch.nn.Linear)][-1]
@@ -248,3 +299,83 @@ def test_meta_log_std_clip_bounds_the_meta_exploration():
             last.bias[half:].fill_(wanted_log_std)
             out = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
         np.testing.assert_allclose(out[:, half:].numpy(), expected, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Best checkpoint and resume, checked on the weights themselves
+# ---------------------------------------------------------------------------------------------
+
+
+def weights_hash(states: dict) -> str:
+    """sha256 over every module's state (sorted keys, float bytes)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for module_id in sorted(states):
+        for key in sorted(states[module_id]):
+            digest.update(key.encode())
+            digest.update(np.ascontiguousarray(np.asarray(states[module_id][key])).tobytes())
+    return digest.hexdigest()
+
+
+def learner_hash(algo) -> str:
+    modules = algo.learner_group._learner.module
+    return weights_hash({mid: {k: v.detach().cpu().numpy() for k, v in modules[mid].state_dict().items()}
+                         for mid in decision.MODULE_IDS})  # fmt: skip
+
+
+def checkpoint_hash(run_dir: Path, checkpoint: str) -> str:
+    import pickle
+
+    states = {}
+    for mid in decision.MODULE_IDS:
+        with decision.module_state_path(run_dir, mid, checkpoint).open("rb") as handle:
+            states[mid] = pickle.load(handle)
+    return weights_hash(states)
+
+
+@pytest.mark.slow
+def test_best_checkpoint_and_resume_keep_the_right_weights(tmp_path, monkeypatch):
+    import ray
+    from ray.rllib.algorithms.algorithm import Algorithm
+
+    scores = iter([0.1, float("nan"), 0.3, 0.2, 0.25])
+    seen: dict[int, str] = {}
+
+    def fake_validate(cfg, algo, splits):  # the scores we feed, and the weights they were given for
+        seen[len(seen) + 1] = learner_hash(algo)
+        value = next(scores)
+        return {"score": backtest.finite_score(value), cfg["validation"]["metric"]: value}
+
+    monkeypatch.setattr(training, "validate", fake_validate)
+    cfg = Train.load_config(ROOT / "configs" / "smoke.yaml", ["run.iterations=4"])
+    paths = Train.RunPaths.make("weights", tmp_path / "saved", tmp_path / "logs")
+    try:
+        result = Train.train(cfg, paths)
+        # nan ranks as the worst; 0.3 at iteration 3 is the best, so checkpoint/ holds its weights.
+        assert (result.best_iteration, result.best_score) == (3, 0.3)
+        assert len(set(seen.values())) == 4  # every iteration changed the weights
+        assert checkpoint_hash(paths.run_dir, "checkpoint") == seen[3]
+        assert checkpoint_hash(paths.run_dir, "latest") == seen[4]
+
+        # Resume restores exactly latest/'s weights (a re-initialised algorithm has other weights).
+        restored: dict[str, str] = {}
+        original = Algorithm.restore_from_path
+
+        def spy(self, path, *args, **kwargs):
+            out = original(self, path, *args, **kwargs)
+            restored["hash"] = learner_hash(self)
+            return out
+
+        monkeypatch.setattr(Algorithm, "restore_from_path", spy)
+        result = Train.train(Train.set_path(cfg, "run.iterations", 5), paths, resume=True)
+        assert restored["hash"] == seen[4]
+        fresh = training.build_algo_config(cfg).build_algo()
+        try:
+            assert learner_hash(fresh) != seen[4]
+        finally:
+            fresh.stop()
+        assert (result.iterations, result.best_iteration) == (5, 3)  # 0.25 does not beat 0.3
+        assert checkpoint_hash(paths.run_dir, "checkpoint") == seen[3]
+    finally:
+        ray.shutdown()

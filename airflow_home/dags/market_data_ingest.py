@@ -58,7 +58,9 @@ def market_data_ingest():
 
     @task
     def quality(data_interval_end=None) -> dict:
-        return orchestration.run_quality_check(orchestration.load_config(), _ms(data_interval_end))
+        import data_quality
+
+        return data_quality.run_quality_check(orchestration.load_config(), _ms(data_interval_end))
 
     fetch.expand(target=plan()) >> dbt_build() >> quality()
 
