@@ -1,10 +1,11 @@
 """The backtest tearsheet: one self-contained HTML report and the same numbers for metrics.json.
 
-`write(out_dir, records, periods, close, title=..., notes=...)` writes ``report.html`` (every figure
-a base64 PNG inside the page: no external file, font, script or link, so it opens anywhere and can
-be mailed) and ``metrics.json``, and returns the JSON payload. `performance.write_report` calls it
-for every backtest; anything holding `performance.BacktestRecord`-like curves (a walk-forward's
-stitched curve) can call it too. ``records`` maps names to curves, the agent (``agent``) first.
+`write(out_dir, records, periods, close, title=, notes=, data_source=, benchmark=)` writes
+``report.html`` (every figure a base64 PNG inside the page: no external file, font, script or
+link, so it opens anywhere and can be mailed) and ``metrics.json``, and returns the JSON payload.
+`performance.write_report` calls it for every backtest; anything holding
+`performance.BacktestRecord`-like curves (a walk-forward's stitched curve) can call it too.
+``records`` maps names to curves, the agent (``agent``) first.
 
 What the report holds, and where each number lives in metrics.json:
 
@@ -13,7 +14,9 @@ What the report holds, and where each number lives in metrics.json:
   training data (the manifest's) and of the backtested bars (sha256 over bar times and closes),
   fees and slippage in words. Read from ``notes`` and from the run folder ``notes["run"]``.
 - Key metrics per curve (``<curve>``): metrics.METRIC_NAMES plus ``sharpe_ci_95`` (stationary
-  bootstrap, significance.py) and ``probabilistic_sharpe`` (PSR against 0). Compounded annual
+  bootstrap, significance.py: every curve resampled with the same bars in each of the 2,000
+  draws, so intervals and paired differences come from one set; ``bootstrap`` records the mean
+  block length) and ``probabilistic_sharpe`` (PSR against 0). Compounded annual
   figures (CAGR, Calmar, alpha) are null in metrics.json and "n/a (window < 90 days)" in the page
   when the window is shorter than `MIN_ANNUALIZE_DAYS`: compounding a week's return to a year
   gives the absurd figures the issue saw (CAGR 589,402%). Sharpe, Sortino and volatility are
