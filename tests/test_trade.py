@@ -23,7 +23,7 @@ import pytest
 
 import trader
 import trading_store as store
-from binance.fake_exchange import FakeExchange, SyntheticSource
+from binance.fake_exchange import FakeExchange, SyntheticSource, as_served
 from binance.fake_orders import FakeAccount
 from binance.symbols import file_stem
 
@@ -36,12 +36,12 @@ PARITY_BARS = 500
 
 @pytest.fixture(scope="module")
 def candles_dir(tmp_path_factory) -> Path:
-    """1,000 synthetic 1h bars of three pairs from 2020-01-01, prices rounded like Binance's."""
+    """1,000 synthetic 1h bars of three pairs from 2020-01-01, at the precision the fake serves them."""
     folder = tmp_path_factory.mktemp("trade_candles")
     source = SyntheticSource(SYMBOLS, "1h", bars=1_000, seed=3)
     for symbol in SYMBOLS:
         series = source.series(symbol)
-        frame = pd.DataFrame(series.ohlcv.round(8), columns=["open", "high", "low", "close", "volume"])
+        frame = pd.DataFrame(as_served(series.ohlcv), columns=["open", "high", "low", "close", "volume"])
         frame.insert(0, "ts_ms", series.ts_ms)
         frame.to_csv(folder / f"{file_stem(symbol)}.csv", index=False)
     return folder
@@ -177,14 +177,13 @@ def test_store_refuses_an_account_of_another_run(engine):
 def test_paper_replay_equals_the_backtest(tiny_run, market, paper_venue, engine, capsys):
     """>= 500 bars through trade.py --mode paper, the fake exchange's clock moved bar by bar, equal the
     backtest's decisions, fills and equity on the same bars (performance.py's episode loop)."""
-    import backtest
     import decision
     import trade
 
     policy = decision.load_policy(tiny_run)
     first = policy.history_bars + 40
     last = first + PARITY_BARS
-    reference = backtest.play_policy(policy, market.slice_bars(0, last + 1), first)
+    reference = decision.play_policy(policy, market.slice_bars(0, last + 1), first)
     account = "paper-parity"
     cfg = _config(account)
     config_path = Path(tiny_run).parent / "trade_parity.yaml"
