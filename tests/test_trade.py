@@ -243,7 +243,7 @@ def test_testnet_orders_are_placed_filled_and_reconciled(
     first = 55 + 40
     cfg = _config("testnet-basic")
     bot = trader.Trader(tiny_run, "testnet", cfg, engine=engine)
-    for k in range(first, first + 4):
+    for k in range(first, first + 10):
         fake.set_now(_after_close(market, k))
         result = bot.cycle()
         assert result.status == "decided"
@@ -256,16 +256,31 @@ def test_testnet_orders_are_placed_filled_and_reconciled(
     assert again.cycle().status == "already_done" and len(account.orders) == sent
     # the snapshot of the last bar holds the exchange's balances at that close
     snap = store.latest_snapshot(engine, "testnet-basic")
-    assert snap.bar_open_time_ms == int(market.open_time_ms[first + 3])
+    assert snap.bar_open_time_ms == int(market.open_time_ms[first + 9])
     assert KEY not in caplog.text and SECRET not in caplog.text  # keys never logged
     # the tearsheet of the period: equity per marked bar as stored, fills against decisions
     summary = again.report(tmp_path / "report")
     assert (tmp_path / "report" / "report.html").exists() and summary["fills"] == len(account.trades)
-    assert summary["orders"] == {"filled": len(account.orders)} and summary["decisions"] == 4
+    assert summary["orders"] == {"filled": len(account.orders)} and summary["decisions"] == 10
     curve = pd.read_csv(tmp_path / "report" / "equity.csv")
     bars, equity = store.equity_curve(engine, "testnet-basic")
     np.testing.assert_array_equal(curve["open_time_ms"].to_numpy(), bars)
     np.testing.assert_allclose(curve["testnet-basic"].to_numpy(), equity, rtol=1e-12)
+    import trade  # the same through the CLI
+
+    config_path = tmp_path / "cfg.yaml"
+    config_path.write_text(json.dumps(cfg))
+    cli = [
+        "--run",
+        str(tiny_run),
+        "--mode",
+        "testnet",
+        "--config",
+        str(config_path),
+        "--report",
+        str(tmp_path / "r2"),
+    ]
+    assert trade.main(cli) == 0 and (tmp_path / "r2" / "report.html").exists()
 
 
 @pytest.mark.slow
