@@ -37,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--resume-halted", action="store_true", help="lift a halt (e.g. the drawdown stop) first"
     )
+    parser.add_argument("--report", metavar="DIR", default=None, help="write the account's tearsheet to DIR")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import trader

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 MODES = ("paper", "testnet", "live")
 LIVE_CONFIRMATION = "I understand that live mode trades real money"
 QUOTE = "USDT"
+MIN_REPORT_BARS = 10  # tearsheet.py's block-bootstrap (arch's Politis-White estimate) needs 8+ returns
 
 # Defaults of configs/trade.yaml (every key documented there; tests check both agree).
 TRADE_DEFAULTS: dict[str, Any] = {
@@ -436,9 +437,10 @@ class Trader:
         from backtest import Recorder
 
         marks = store.snapshots(self.engine, self.account_name)
-        if len(marks) < 2:
+        if len(marks) < MIN_REPORT_BARS:  # the report's bootstrap needs a few returns
             raise TradeRefused(
-                f"account {self.account_name} has {len(marks)} marked bar(s): nothing to report yet"
+                f"account {self.account_name} has {len(marks)} marked bar(s); the report "
+                f"needs at least {MIN_REPORT_BARS}"
             )
         first, last = marks[0].bar_open_time_ms, marks[-1].bar_open_time_ms
         market = self.history(last + self.step_ms).slice_time(first, last + self.step_ms)

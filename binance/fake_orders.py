@@ -48,7 +48,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 
-from binance.fake_exchange import _ERRORS, FakeExchange, _filters, _fmt, _missing_param
+from binance.fake_exchange import _ERRORS, FakeExchange, _filters, _fmt, _missing_param, as_served
 from binance.symbols import parse_symbol
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ class FakeAccount:
         index = int(np.searchsorted(series.ts_ms, self.fake.now_ms, side="right")) - 1
         if index < 0:
             raise ValueError(f"{symbol} has no candle at or before {self.fake.now_ms}")
-        return round(float(series.ohlcv[index, 0]), 8)  # as the klines publish it
+        return float(as_served(series.ohlcv[index, 0]))  # the price the klines publish
 
     def _new_order(self, params: dict[str, str]) -> tuple[int, Any]:
         symbol, problem = self._symbol(params)

@@ -23,7 +23,7 @@ import pytest
 
 import trader
 import trading_store as store
-from binance.fake_exchange import FakeExchange, SyntheticSource
+from binance.fake_exchange import FakeExchange, SyntheticSource, as_served
 from binance.fake_orders import FakeAccount
 from binance.symbols import file_stem
 
@@ -36,12 +36,12 @@ PARITY_BARS = 500
 
 @pytest.fixture(scope="module")
 def candles_dir(tmp_path_factory) -> Path:
-    """1,000 synthetic 1h bars of three pairs from 2020-01-01, prices rounded like Binance's."""
+    """1,000 synthetic 1h bars of three pairs from 2020-01-01, at the precision the fake serves them."""
     folder = tmp_path_factory.mktemp("trade_candles")
     source = SyntheticSource(SYMBOLS, "1h", bars=1_000, seed=3)
     for symbol in SYMBOLS:
         series = source.series(symbol)
-        frame = pd.DataFrame(series.ohlcv.round(8), columns=["open", "high", "low", "close", "volume"])
+        frame = pd.DataFrame(as_served(series.ohlcv), columns=["open", "high", "low", "close", "volume"])
         frame.insert(0, "ts_ms", series.ts_ms)
         frame.to_csv(folder / f"{file_stem(symbol)}.csv", index=False)
     return folder
@@ -177,14 +177,13 @@ def test_store_refuses_an_account_of_another_run(engine):
 def test_paper_replay_equals_the_backtest(tiny_run, market, paper_venue, engine, capsys):
     """>= 500 bars through trade.py --mode paper, the fake exchange's clock moved bar by bar, equal the
     backtest's decisions, fills and equity on the same bars (performance.py's episode loop)."""
-    import backtest
     import decision
     import trade
 
     policy = decision.load_policy(tiny_run)
     first = policy.history_bars + 40
     last = first + PARITY_BARS
-    reference = backtest.play_policy(policy, market.slice_bars(0, last + 1), first)
+    reference = decision.play_policy(policy, market.slice_bars(0, last + 1), first)
     account = "paper-parity"
     cfg = _config(account)
     config_path = Path(tiny_run).parent / "trade_parity.yaml"
@@ -244,7 +243,7 @@ def test_testnet_orders_are_placed_filled_and_reconciled(
     first = 55 + 40
     cfg = _config("testnet-basic")
     bot = trader.Trader(tiny_run, "testnet", cfg, engine=engine)
-    for k in range(first, first + 4):
+    for k in range(first, first + 10):
         fake.set_now(_after_close(market, k))
         result = bot.cycle()
         assert result.status == "decided"
@@ -257,16 +256,31 @@ def test_testnet_orders_are_placed_filled_and_reconciled(
     assert again.cycle().status == "already_done" and len(account.orders) == sent
     # the snapshot of the last bar holds the exchange's balances at that close
     snap = store.latest_snapshot(engine, "testnet-basic")
-    assert snap.bar_open_time_ms == int(market.open_time_ms[first + 3])
+    assert snap.bar_open_time_ms == int(market.open_time_ms[first + 9])
     assert KEY not in caplog.text and SECRET not in caplog.text  # keys never logged
     # the tearsheet of the period: equity per marked bar as stored, fills against decisions
     summary = again.report(tmp_path / "report")
     assert (tmp_path / "report" / "report.html").exists() and summary["fills"] == len(account.trades)
-    assert summary["orders"] == {"filled": len(account.orders)} and summary["decisions"] == 4
+    assert summary["orders"] == {"filled": len(account.orders)} and summary["decisions"] == 10
     curve = pd.read_csv(tmp_path / "report" / "equity.csv")
     bars, equity = store.equity_curve(engine, "testnet-basic")
     np.testing.assert_array_equal(curve["open_time_ms"].to_numpy(), bars)
     np.testing.assert_allclose(curve["testnet-basic"].to_numpy(), equity, rtol=1e-12)
+    import trade  # the same through the CLI
+
+    config_path = tmp_path / "cfg.yaml"
+    config_path.write_text(json.dumps(cfg))
+    cli = [
+        "--run",
+        str(tiny_run),
+        "--mode",
+        "testnet",
+        "--config",
+        str(config_path),
+        "--report",
+        str(tmp_path / "r2"),
+    ]
+    assert trade.main(cli) == 0 and (tmp_path / "r2" / "report.html").exists()
 
 
 @pytest.mark.slow
