@@ -70,6 +70,7 @@ FILL_DTYPE = np.dtype(
 _CCXT_DECIMAL_PLACES = 2  # ccxt precisionMode constants (ccxt.base.decimal_to_precision)
 _CCXT_TICK_SIZE = 4
 _SHORTFALL_MARGIN = 1e-12  # scaled buys leave this fraction of cash unspent against rounding error
+_SHORTFALL_TRIES = 4  # margins 1e-12, 1e-9, 1e-6, 1e-3: lot rounding's float overshoot fits in one
 
 
 class Fills(NamedTuple):
@@ -499,11 +500,19 @@ class Portfolio:
             bought = np.maximum(dq, 0.0)
             needed = float(bought.dot(fill_price)) * (1.0 + self.fee_rate)  # buys' cash incl. fees
             available = cash + float((bought - dq).dot(fill_price)) * (1.0 - self.fee_rate)  # after sells
-            scale = max(available, 0.0) / needed * (1.0 - _SHORTFALL_MARGIN)
-            dq = dq + bought * (scale - 1.0)
-            if self._rules_on:
-                dq = self._apply_rules(dq, p)
-            fill_price, notional, fee, slippage_cost, new_cash = self._costs(dq, p, vol)
+            wanted = dq
+            margin = _SHORTFALL_MARGIN
+            for _ in range(_SHORTFALL_TRIES):
+                scale = max(available, 0.0) / needed * (1.0 - margin)
+                dq = wanted + bought * (scale - 1.0)
+                if self._rules_on:
+                    dq = self._apply_rules(dq, p)
+                fill_price, notional, fee, slippage_cost, new_cash = self._costs(dq, p, vol)
+                if new_cash >= 0.0 or not self._rules_on:
+                    break
+                # Lot rounding overshot: at billions of lots, quantity / lot_step rounds up to the next
+                # whole lot in floating point. Leave a larger share of the cash unspent and round again.
+                margin *= 1e3
             if new_cash < 0.0:
                 if new_cash < -1e-9 * max(value, 1.0):
                     raise RuntimeError(f"rebalance would leave cash at {new_cash}: accounting bug")

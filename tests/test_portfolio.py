@@ -367,3 +367,21 @@ def test_ci_hypothesis_profile_is_deterministic():
     assert first == second
     first, second = _draws(settings(derandomize=False))  # what CI ran before: a new draw each time
     assert first != second
+
+
+def test_lot_rounding_never_overdraws_cash():
+    """Regression (found by hypothesis): at billions of lots, quantity / lot_step rounds UP to the next
+    whole lot in floating point, so the scaled buys of a shortfall overdrew cash by 10 lots and
+    `rebalance` raised "would leave cash at -3.75e-05". The buys now shrink until they fit."""
+    pf = Portfolio([f"P{i}/USDT" for i in range(4)], 10_000.0, fee_rate=0.0, slippage_bps=0.0, lot_step=0.01)
+    steps = [
+        ([0.001, 0.001, 0.001, 0.001], [0.0, 0.0, 0.0, 0.0, 1.0]),
+        ([0.001, 0.001, 0.001, 0.0015], [0.2, 0.0, 0.0, 0.8, 0.0]),
+        ([0.004, 0.001, 0.001, 0.000375], [1 / 3, 0.0, 0.0, 2 / 3, 0.0]),
+    ]
+    for prices, targets in steps:
+        value_before = pf.cash + float(pf.book.qty.dot(prices))
+        pf.rebalance(np.array(targets), np.array(prices))
+        assert pf.cash >= 0.0
+        # No fees or slippage: value is conserved to float precision.
+        assert pf.cash + float(pf.book.qty.dot(prices)) == pytest.approx(value_before, rel=1e-12)
