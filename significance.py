@@ -55,6 +55,10 @@ import metrics
 EULER_GAMMA = 0.5772156649015329
 
 
+# arch.bootstrap.optimal_block_length needs this many observations (fewer: a matmul shape error).
+MIN_BLOCK_ESTIMATE_SIZE = 8
+
+
 def _returns(values: np.ndarray | list[float], name: str, min_size: int = 3) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim != 1:
@@ -79,14 +83,16 @@ def mean_block_length(*series: np.ndarray) -> int:
     """Automatic mean block length for the stationary bootstrap of Sharpe ratios (see the module doc).
 
     The largest Politis-White estimate over each series and its squares, rounded up, at least 1.
+    Series shorter than `MIN_BLOCK_ESTIMATE_SIZE` are too short to estimate any dependence (arch's
+    estimator fails on them): they ask for blocks of 1.
     """
     from arch.bootstrap import optimal_block_length
 
     estimates = []
     for r in series:
         r = np.asarray(r, dtype=np.float64)
-        if np.std(r) == 0.0:
-            continue  # a flat curve has no dependence to preserve
+        if np.std(r) == 0.0 or r.size < MIN_BLOCK_ESTIMATE_SIZE:
+            continue  # a flat curve has no dependence to preserve; a tiny one shows none
         for x in (r, r**2):
             value = float(optimal_block_length(x)["stationary"].iloc[0])
             if math.isfinite(value):

@@ -192,3 +192,12 @@ def test_bootstrap_sharpes_equal_metrics_on_arch_indices():
     lo, hi = sig.percentile_interval(draws[:, 0])
     assert (lo, hi) == tuple(np.percentile(draws[:, 0], [2.5, 97.5]))
     assert all(math.isnan(v) for v in sig.percentile_interval(draws[:, 2]))
+
+
+def test_short_curves_get_an_interval_not_an_error():
+    """arch's block-length estimator fails under 8 observations; a report on a few bars must still
+    get its (wide) interval, with blocks of 1."""
+    returns = np.array([0.01, -0.02, 0.015, 0.003, -0.004])
+    assert sig.mean_block_length(returns) == 1
+    low, high = sig.stationary_bootstrap_sharpe_ci(returns, 8760, n_boot=200)
+    assert np.isfinite(low) and np.isfinite(high) and low < high
