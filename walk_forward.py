@@ -922,7 +922,8 @@ def write_fold_info(paths: WalkForwardPaths, fold: Fold, cfg: Mapping[str, Any])
     seeds = list(cfg["seeds"]["values"])
     fold_dir = paths.fold_dir(fold)
     scores = {
-        str(s): json.loads((d / DONE_FILE).read_text())["best_validation_score"]
+        # JSON has no infinities: an undefined score (e.g. the Sharpe of a flat curve) is null.
+        str(s): _finite(json.loads((d / DONE_FILE).read_text())["best_validation_score"] or math.nan)
         for s, d in zip(seeds, seed_dirs(fold_dir, seeds), strict=True)
     }
     info = {**fold.as_row(), "seeds": seeds, "combine": cfg["seeds"]["combine"],
