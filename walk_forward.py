@@ -924,6 +924,8 @@ def write_fold_info(paths: WalkForwardPaths, fold: Fold, cfg: Mapping[str, Any])
         str(s): json.loads((d / DONE_FILE).read_text())["best_validation_score"]
         for s, d in zip(seeds, seed_dirs(fold_dir, seeds), strict=True)
     }
+    # JSON has no infinities: an undefined score (e.g. the Sharpe of a flat curve) is null.
+    scores = {s: None if v is None else _finite(v) for s, v in scores.items()}
     info = {**fold.as_row(), "seeds": seeds, "combine": cfg["seeds"]["combine"],
             "selected_seed": best_seed(fold_dir, seeds), "validation_scores": scores}  # fmt: skip
     write_json(fold_dir / "fold.json", info)
