@@ -558,6 +558,8 @@ def build_algo_config(
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
     from ray.tune.registry import register_env
 
+    import rllib_env
+
     if env_name == ENV_NAME:
         register_env(ENV_NAME, _rllib_env_creator)
     ppo, model = cfg["ppo"], cfg["model"]
@@ -639,6 +641,7 @@ def build_algo_config(
             num_epochs=ppo["num_epochs"],
         )
         .learners(num_learners=0)
+        .callbacks(rllib_env.HierarchyMetrics)  # calls' hit rates and the meta's reliance on them
         .debugging(seed=cfg["run"]["seed"], log_level="WARN")
         .reporting(metrics_num_episodes_for_smoothing=20)
     )
@@ -895,7 +898,10 @@ def train(
             if it % cfg["run"]["checkpoint_every"] == 0 or last:
                 _save_checkpoint(algo, paths.run_dir / "latest")
                 _write_json(state_path, state)
-            progress.row(row, {f"validation/{k}": v for k, v in val_metrics.items()})
+            calls = result.get("env_runners", {}).get("hierarchy", {})  # rllib_env.HierarchyMetrics
+            row.update({k: calls[k] for k in ("hit_rate", "reliance") if k in calls})
+            scalars = {f"validation/{k}": v for k, v in val_metrics.items()}
+            progress.row(row, {**scalars, **{f"hierarchy/{k}": v for k, v in calls.items()}})
             progress.line(_format_row(row, val_cfg["metric"]))
             if report is not None:
                 report(
@@ -931,6 +937,8 @@ def _format_row(row: dict[str, Any], metric: str) -> str:
         f"return specialist {row.get('return_specialist', float('nan')):8.3f}",
         f"meta {row.get('return_meta', float('nan')):8.3f}",
     ]
+    if "hit_rate" in row:  # specialists' call hit rate, the meta's extra weight on pairs called buy
+        parts.append(f"calls hit {row['hit_rate']:.1%} reliance {row.get('reliance', float('nan')):+.2f}")
     if "validation_score" in row:
         parts.append(f"validation {metric} {row['validation_score']:.3f}")
     return " | ".join(parts)
