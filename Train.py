@@ -616,6 +616,9 @@ def build_algo_config(
             num_envs_per_env_runner=cfg["resources"]["num_envs_per_env_runner"],
             rollout_fragment_length="auto",
             num_cpus_per_env_runner=1,
+            # Wait for the runners however long sampling takes: RLlib's default (60 s) DROPS the whole
+            # sample of a runner that misses it, and on a busy machine every iteration lost its data.
+            sample_timeout_s=None,
         )
         .multi_agent(policies={"specialist", "meta"}, policy_mapping_fn=agent_to_module)
         .rl_module(
