@@ -128,3 +128,22 @@ def test_call_diagnostics_measure_hits_and_reliance(market):
         S.env(data=planted, mode="eval", specialists=rules), lambda a, o: equal
     )
     assert ignore["weight_on_buys"] == pytest.approx(ignore["buy_call_share"], abs=1e-6)
+
+
+def test_call_cost_is_charged_per_buy_or_sell_call():
+    """rewards.specialist.call_cost_bps: each buy/sell call pays the fee, hold pays nothing."""
+    data = synthetic.generate(n_pairs=2, n_bars=200, seed=4)
+    plain = S.raw_env(data=data, mode="eval")
+    charged = S.raw_env(data=data, mode="eval", rewards={"specialist": {"call_cost_bps": 10.0}})
+    plain.reset()
+    charged.reset()
+    logits = np.array([1.0, 0.0, 0.5], dtype=np.float32)
+    for answers in ([2, 0], [1, 2], [0, 1]):  # (buy, sell), (hold, buy), (sell, hold)
+        for env in (plain, charged):
+            for action in answers:
+                env.step(action)
+            env.step(logits)
+        for agent, action in zip(plain.possible_agents[:-1], answers, strict=True):
+            fee = 100.0 * 10.0 / 1e4 * abs(action - 1)  # scale x fee for a buy or sell call
+            assert charged.rewards[agent] == pytest.approx(plain.rewards[agent] - fee, abs=1e-12)
+        assert charged.rewards["meta"] == plain.rewards["meta"]
