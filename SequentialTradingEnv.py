@@ -32,7 +32,9 @@ Rewards per pair i over bar t+1 (V = portfolio value at the close of bar t), the
 ``infos[specialist]["reward_vector"]`` is its pair's vector (4,); ``infos["meta"]["reward_vector"]``
 is the [N, 4] matrix, with ``infos["meta"]["log_return"] = ln(V_t+1 / V)``. Scalar rewards are
 ``rewards.scale`` times a weighted sum: the meta-agent's weights apply to (log_return, sum of
-return, sum of risk, sum of cost), a specialist's to its (return, risk, cost, call).
+return, sum of risk, sum of cost), a specialist's to its (return, risk, cost, call), minus
+``rewards.specialist.call_cost_bps`` / 1e4 for each buy or sell call (0 by default): with it a
+specialist calls only when it expects the next bar to move more than that fee.
 
 Episodes: ``mode="train"`` starts at a random bar (from bar `decision.history_bars` - 1 on, where
 observations are fully warm, when the data allows) and lasts ``episode_length`` bars;
@@ -189,6 +191,8 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention for the un
         self._summed = slice(summed[0], summed[0] + 3) if adjacent else np.array(summed)
         self._meta_w_list = [float(rw["meta"][k]) for k in META_REWARDS.names]
         self._spec_w_scaled = self._scale * np.array([float(rw["specialist"][k]) for k in REWARDS.names])
+        # A fee per bar for each buy or sell call: a call must expect more than it to pay (issue 19).
+        self._call_cost = self._scale * float(rw["specialist"]["call_cost_bps"]) / 1e4
         self._ruin_penalty = float(rw["ruin_penalty"])
         self._ruin_fraction = float(cfg["ruin_fraction"])
         self._episode_length = int(cfg["episode_length"])
@@ -343,6 +347,7 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention for the un
         self._weights = weights
         self.last_target, self.last_turnover, self.last_fees = target, turnover, fees
         self.last_log_return, self.last_reward_vectors = log_return, vectors
+        calls = self._calls  # this bar's answers, which the specialists' rewards judge
         self._calls = self._rule_calls[t1].copy()
 
         mw, M = self._meta_w_list, META_REWARDS
@@ -356,7 +361,10 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention for the un
             meta_reward -= self._ruin_penalty
         rewards, infos, cumulative = self.rewards, self.infos, self._cumulative_rewards
         if self._learned_agents:
-            spec_rewards = (vectors @ self._spec_w_scaled).tolist()
+            spec = vectors @ self._spec_w_scaled
+            if self._call_cost:
+                spec -= self._call_cost * np.abs(calls)
+            spec_rewards = spec.tolist()
             for agent, i in self._learned_items:
                 reward = spec_rewards[i]
                 rewards[agent] = reward

@@ -33,7 +33,7 @@ ENV_DEFAULTS: dict[str, Any] = {
     "rewards": {
         "scale": 100.0,
         "meta": {"log_return": 1.0, "return": 0.0, "risk": 0.0, "cost": 0.0},
-        "specialist": {"return": 0.0, "risk": 0.0, "cost": 0.0, "call": 1.0},
+        "specialist": {"return": 0.0, "risk": 0.0, "cost": 0.0, "call": 1.0, "call_cost_bps": 0.0},
         "ruin_penalty": 0.0,
     },
     "ruin_fraction": 0.2,

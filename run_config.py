@@ -256,6 +256,7 @@ ENV_SCHEMA: dict[str, Rule] = {
     "env.rewards.specialist.risk": number(),
     "env.rewards.specialist.cost": number(),
     "env.rewards.specialist.call": number(),
+    "env.rewards.specialist.call_cost_bps": number(0.0),
     "env.rewards.ruin_penalty": number(0),
     "env.ruin_fraction": number(0, 1, high_open=True),
     "env.portfolio.initial_cash": number(0, low_open=True),

@@ -18,6 +18,16 @@ random wick, volume is log-normal. Features are the project's indicators (`indic
 definitions as the dbt models) plus ``signal``; the indicators' warm-up bars are generated before
 ``start`` and dropped, so the first returned bar opens at ``start`` and every row is warm.
 
+Hierarchy market (``signal_window: k > 0``): the planted feature ``signal`` is a stream of i.i.d.
+unit pulses ``p[t, i]``, and what predicts the next bar is the mean of the pair's k PREVIOUS pulses,
+``s[t, i] = (p[t-1, i] + ... + p[t-k, i]) / sqrt(k)`` (unit variance; autocorrelation (k-1)/k from
+one bar to the next), which takes the place of the AR(1) signal in the return model. Bar t's own
+pulse is independent of ``s[t]``, so the latest bar's features carry (almost) nothing about the next
+return: the meta-agent, which sees only every pair's latest bar, cannot find the edge alone, while a
+specialist watching a window of its pair's last k+1 bars (the env's ``window``, 8 by default, for
+k = 7) can. Only the price moves the state has already caused leak it into single-bar indicators,
+and weakly (correlation ~rho**2 with the next return). ``signal_persistence`` plays no part there.
+
 The oracle knows the plant: it goes long the pairs whose signal is above a threshold (hysteresis:
 it keeps a position until the signal falls below ``exit_threshold``), equal weight among them, cash
 otherwise. `tune_oracle` picks the threshold that maximizes log growth on given (training) bars.
@@ -48,6 +58,7 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
     "pair_corr": 0.3,  # correlation of the pairs' return noise (one common factor)
     "signal_corr": 0.1,  # correlation of the planted feature with the next bar's return (0: no edge)
     "signal_persistence": 0.9,  # AR(1) coefficient of the planted feature (0: i.i.d. per bar)
+    "signal_window": 0,  # k > 0: hierarchy market, the signal is the mean of the previous k pulses
     "regimes": [  # each regime scales the volatility and adds a drift (basis points per bar)
         {"vol_scale": 1.0, "drift_bps": 0.0},
         {"vol_scale": 2.0, "drift_bps": 0.0},
@@ -74,6 +85,9 @@ def generate(**params: Any) -> MarketData:
         raise ConfigError(
             "synthetic: need -1 < signal_corr < 1, 0 <= signal_persistence < 1, 0 <= pair_corr < 1"
         )
+    k = cfg["signal_window"]
+    if not (isinstance(k, int) and not isinstance(k, bool) and k >= 0):
+        raise ConfigError(f"synthetic: signal_window must be an integer >= 0 (0: planted market), got {k!r}")
     if float(cfg["vol"]) <= 0.0:
         raise ConfigError("synthetic: vol must be positive")
     regimes = list(cfg["regimes"])
@@ -98,13 +112,18 @@ def generate(**params: Any) -> MarketData:
     vol_scale = np.array([float(r.get("vol_scale", 1.0)) for r in regimes])[regime]
     drift = np.array([float(r.get("drift_bps", 0.0)) / 1e4 for r in regimes])[regime]
 
-    # Planted feature: stationary AR(1) with unit variance.
     shocks = rng.standard_normal((total, n))
-    signal = np.empty((total, n))
-    signal[0] = shocks[0]
-    keep, fresh = phi, np.sqrt(1.0 - phi * phi)
-    for t in range(1, total):
-        signal[t] = keep * signal[t - 1] + fresh * shocks[t]
+    if k > 0:
+        # Hierarchy market: the feature shows bar t's pulse, the returns follow the previous k pulses.
+        observed, signal = shocks, pulse_state(shocks, k)
+    else:
+        # Planted feature: stationary AR(1) with unit variance, observed as it is.
+        signal = np.empty((total, n))
+        signal[0] = shocks[0]
+        keep, fresh = phi, np.sqrt(1.0 - phi * phi)
+        for t in range(1, total):
+            signal[t] = keep * signal[t - 1] + fresh * shocks[t]
+        observed = signal
     # Return noise: one common factor gives pair correlation `corr`.
     common = rng.standard_normal((total, 1))
     noise = np.sqrt(corr) * common + np.sqrt(1.0 - corr) * rng.standard_normal((total, n))
@@ -128,7 +147,7 @@ def generate(**params: Any) -> MarketData:
         ind = compute_indicators(open_[:, i], high[:, i], low[:, i], close[:, i], volume[:, i])
         for f, name in enumerate(FEATURE_NAMES):
             features[:, i, f] = ind[name]
-    features[:, :, -1] = signal
+    features[:, :, -1] = observed
     keep_rows = slice(WARM_BARS, total)
     meta = {
         "source": "synthetic",
@@ -164,15 +183,34 @@ def signal_of(data: MarketData, feature: str = SIGNAL_FEATURE) -> np.ndarray:
     return data.features[:, :, data.feature_names.index(feature)]
 
 
+def pulse_state(pulses: np.ndarray, window: int) -> np.ndarray:
+    """The hierarchy market's predictive state [T, N]: row t is the sum of ``pulses`` rows
+    t-window .. t-1 over sqrt(window) (rows before the first count as 0; row t's own pulse is left out)."""
+    steps, n = pulses.shape
+    before = np.cumsum(np.vstack((np.zeros((1, n)), pulses)), axis=0)[:steps]  # row t: sum of rows < t
+    before_window = np.vstack((np.zeros((window, n)), before))[:steps]  # row t: sum of rows < t-window
+    return (before - before_window) / np.sqrt(window)
+
+
+def predictive_signal(data: MarketData) -> np.ndarray:
+    """What predicts each pair's next return [T, N], from the data up to each bar's close: the planted
+    feature itself, or in the hierarchy market (``signal_window`` k > 0 in the generator's params)
+    the `pulse_state` of its last k bars (within ``data``: a split's first k bars see fewer pulses)."""
+    window = int(data.meta.get("params", {}).get("signal_window") or 0)
+    signal = signal_of(data)
+    return pulse_state(signal, window) if window > 0 else signal
+
+
 def oracle_targets(
     data: MarketData, threshold: float = 1.0, exit_threshold: float | None = None
 ) -> np.ndarray:
-    """Target weights [T, N+1] (pairs then cash) decided at each bar's close from the planted signal.
+    """Target weights [T, N+1] (pairs then cash) decided at each bar's close from the planted signal
+    (`predictive_signal`: in the hierarchy market, the state of the previous pulses).
 
     A pair enters when its signal exceeds ``threshold`` and stays until it falls below
     ``exit_threshold`` (default ``threshold / 2``); active pairs share the capital equally.
     """
-    signal = signal_of(data)
+    signal = predictive_signal(data)
     exit_at = threshold / 2.0 if exit_threshold is None else exit_threshold
     steps, n = signal.shape
     active = np.zeros(n, dtype=bool)

@@ -227,6 +227,8 @@ def build_algo_config(
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
     from ray.tune.registry import register_env
 
+    import rllib_env
+
     if env_name == ENV_NAME:
         register_env(ENV_NAME, _rllib_env_creator)
     ppo, model = cfg["ppo"], cfg["model"]
@@ -283,6 +285,9 @@ def build_algo_config(
             num_envs_per_env_runner=cfg["resources"]["num_envs_per_env_runner"],
             rollout_fragment_length="auto",
             num_cpus_per_env_runner=1,
+            # Wait for the runners however long sampling takes: RLlib's default (60 s) DROPS the whole
+            # sample of a runner that misses it, and on a busy machine every iteration lost its data.
+            sample_timeout_s=None,
         )
         .multi_agent(policies={"specialist", "meta"}, policy_mapping_fn=agent_to_module)
         .rl_module(
@@ -308,6 +313,7 @@ def build_algo_config(
             num_epochs=ppo["num_epochs"],
         )
         .learners(num_learners=0)
+        .callbacks(rllib_env.HierarchyMetrics)  # calls' hit rates and the meta's reliance on them
         .debugging(seed=cfg["run"]["seed"], log_level="WARN")
         .reporting(metrics_num_episodes_for_smoothing=20)
     )
@@ -379,6 +385,7 @@ class ProgressLog:
     FIELDS = [
         "iteration", "seconds", "agent_steps", "agent_steps_per_s",
         "return_specialist", "return_meta", "episode_return", "validation_score",
+        "hit_rate", "reliance",
     ]  # fmt: skip
 
     def __init__(self, log_dir: Path) -> None:
@@ -422,12 +429,15 @@ class ProgressLog:
 def iteration_row(iteration: int, result: dict[str, Any], seconds: float) -> dict[str, Any]:
     """One progress row of a training iteration from RLlib's result dict and the timed seconds."""
     steps = agent_steps(result)
+    calls = result.get("env_runners", {}).get("hierarchy", {})  # rllib_env.HierarchyMetrics
     return {
         "iteration": iteration,
         "seconds": round(seconds, 3),
         "agent_steps": steps,
         "agent_steps_per_s": round(steps / seconds, 1),
         **module_returns(result),
+        # The specialists' call hit rate and the meta's extra weight on pairs called buy.
+        **{key: float(calls[key]) for key in ("hit_rate", "reliance") if key in calls},
     }
 
 
@@ -453,6 +463,9 @@ def format_row(row: dict[str, Any], metric: str) -> str:
         f"return specialist {console.number(row.get('return_specialist'), '.3f', 8)}",
         f"meta {console.number(row.get('return_meta'), '.3f', 8)}",
     ]
+    if "hit_rate" in row:  # specialists' call hit rate, the meta's extra weight on pairs called buy
+        reliance = console.number(row.get("reliance"), "+.2f")
+        parts.append(f"calls hit {row['hit_rate']:.1%} reliance {reliance}")
     if "validation_score" in row:
         parts.append(f"validation {metric} {row['validation_score']:.3f}")
     return " | ".join(parts)

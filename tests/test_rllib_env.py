@@ -61,6 +61,31 @@ def test_infos_can_be_left_out_without_changing_the_episode(data):
         assert "reward_vector" in infos_a["meta"] and infos_b == {}
 
 
+def test_episode_stats_report_the_calls_hit_rate_and_the_metas_use_of_them(data):
+    """Every specialist calls buy; the meta puts everything on the first pair: its weight is all on
+    pairs called buy, and each pair's hit rate is the share of the episode's bars that rose."""
+    two = rllib_env.TwoPhaseTradingEnv(data=data, episode_length=40, specialists={"pairs": {"SYN1": "rsi"}})
+    two.reset(seed=4)
+    start = two.raw.start_bar
+    learned = two.possible_agents[:-1]
+    first_pair = {"meta": np.array([5.0, -5.0, -5.0, -5.0], dtype=np.float32)}
+    rsi_calls = []
+    while True:
+        two.step(dict.fromkeys(learned, 2))
+        rsi_calls.append(int(two.raw.calls[1]))
+        *_, truncs, _ = two.step(first_pair)
+        if truncs["__all__"]:
+            break
+    stats = two.episode_stats
+    rose = np.log(data.close / data.open)[start + 1 : start + 41] > 0
+    assert stats["hit_rate"]["SYN0/USDT"] == pytest.approx(rose[:, 0].mean())
+    assert stats["hit_rate"]["SYN2/USDT"] == pytest.approx(rose[:, 2].mean())
+    assert stats["buy_share"]["SYN1/USDT"] == pytest.approx(np.mean(np.asarray(rsi_calls) > 0))
+    assert stats["weight_on_buys"] == pytest.approx(1.0, abs=1e-3)  # softmax leaves e^-10 elsewhere
+    two.reset(seed=5)
+    assert two.episode_stats is stats  # kept until the next episode ends
+
+
 def test_rllib_samples_complete_episodes(data):
     import ray
     from ray.rllib.algorithms.ppo import PPOConfig
@@ -87,6 +112,7 @@ def test_rllib_samples_complete_episodes(data):
                 )
             )
             .training(train_batch_size=200, minibatch_size=100, num_epochs=1)
+            .callbacks(rllib_env.HierarchyMetrics)
         )
         algo = config.build_algo()
         episodes = algo.env_runner.sample(num_timesteps=200)
@@ -97,6 +123,12 @@ def test_rllib_samples_complete_episodes(data):
             assert all(len(ep.agent_episodes[a]) == 20 for a in ("specialist_SYN0", "specialist_SYN2"))
         result = algo.train()
         assert "learners" in result
+        # The callback logged each finished episode's call stats.
+        logged = result["env_runners"]["hierarchy"]
+        assert {"hit_rate/SYN0", "hit_rate/SYN1", "hit_rate/SYN2", "weight_on_buys", "reliance"} <= set(
+            logged
+        )
+        assert all(0.0 <= logged[f"hit_rate/SYN{i}"] <= 1.0 for i in range(3))
         algo.stop()
     finally:
         ray.shutdown()
