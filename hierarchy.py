@@ -28,8 +28,21 @@ META = "meta"
 
 def meta_calls(observation: np.ndarray, n_pairs: int) -> np.ndarray:
     """The specialists' answers (-1/0/+1) [N] inside a meta-agent observation."""
-    calls_start = observation.shape[-1] - (n_pairs + 1) - n_pairs
-    return np.asarray(observation[calls_start : calls_start + n_pairs])
+    from decision import ObservationLayout
+
+    layout = ObservationLayout.for_meta(observation.shape[-1], n_pairs)
+    return np.asarray(observation[..., layout.meta_calls])
+
+
+def follow_logits(calls: np.ndarray, logit_limit: float) -> np.ndarray:
+    """Meta logits [N+1] that weight the pairs called buy equally: +limit for them, -limit for the
+    rest, cash +limit only when no pair is called buy."""
+    buys = np.asarray(calls) > 0.5
+    logits = np.full(len(buys) + 1, -logit_limit, dtype=np.float32)
+    logits[:-1][buys] = logit_limit
+    if not buys.any():
+        logits[-1] = logit_limit
+    return logits
 
 
 @dataclass
@@ -45,14 +58,23 @@ class FollowCalls:
     logit_limit: float = 5.0
 
     def __call__(self, agent: str, observation: np.ndarray) -> Any:
+        """An AEC env's policy callable: ``policy(agent, obs)`` for specialists, the calls for the meta."""
         if agent != META:
             return self.policy(agent, observation)
-        buys = meta_calls(observation, self.n_pairs) > 0.5
-        logits = np.full(self.n_pairs + 1, -self.logit_limit, dtype=np.float32)
-        logits[: self.n_pairs][buys] = self.logit_limit
-        if not buys.any():
-            logits[-1] = self.logit_limit
-        return logits
+        return follow_logits(meta_calls(observation, self.n_pairs), self.logit_limit)
+
+    def act(self, market: Any, t: int, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`decision.Policy.act` with the meta replaced: the wrapped `decision.Policy` answers for the
+        specialists, the calls decide the logits (so `decision.play_policy` can play it)."""
+        calls, _ = self.policy.act(market, t, weights)
+        return calls, follow_logits(calls, self.logit_limit)
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else play_policy reads (env_config, limits, history_bars, check_market) is the
+        # wrapped policy's. Looked up only for names the dataclass does not have.
+        if name == "policy":
+            raise AttributeError(name)
+        return getattr(self.policy, name)
 
 
 def call_stats(
@@ -101,6 +123,16 @@ def call_diagnostics(env: Any, policy: Callable[[str, Any], Any], seed: int | No
         env.step(action)
     moves = log_body[np.asarray(bars, dtype=np.int64) + 1]  # the bar each call bets on
     return call_stats(raw.symbols, np.asarray(calls), moves, np.asarray(targets))
+
+
+def record_call_stats(record: Any, market: Any, first_bar: int) -> dict[str, Any]:
+    """`call_stats` of a `decision.play_policy` record over ``market`` (played from ``first_bar``):
+    the calls at each bar's close, the next bar's log body they bet on, and the allocation held
+    through that bar (what the meta-agent did with the calls, after the rebalance band)."""
+    bars = len(record.equity) - 1
+    played = slice(first_bar + 1, first_bar + 1 + bars)
+    moves = np.log(market.close[played] / market.open[played])
+    return call_stats(list(record.symbols), record.calls[:bars], moves, record.weights_after[1 : bars + 1])
 
 
 def flat_stats(stats: dict[str, Any]) -> dict[str, float]:

@@ -42,9 +42,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import backtest  # noqa: E402
+import decision  # noqa: E402
 import hierarchy  # noqa: E402
 import synthetic  # noqa: E402
 import Train  # noqa: E402
+import training  # noqa: E402
 
 # Long synthetic history: 3.5 years to train on, 3 months each to validate and test.
 SPLITS = {
@@ -105,7 +108,7 @@ def check_market(
     """Train one arm on one market within ``budget_s`` and score it on the held-out split: one row
     per meta-agent played (the learned one; with learned specialists also the fixed one)."""
     cfg = market_config(market, arm, budget_s, overrides, config, market_seed)
-    splits = Train.load_splits(cfg)
+    splits = training.load_splits(cfg)
     portfolio = cfg["env"]["portfolio"]
     threshold, oracle_train = synthetic.tune_oracle(splits.train, portfolio)
     oracle_test = synthetic.log_growth(
@@ -119,10 +122,9 @@ def check_market(
 
     paths = Train.RunPaths.make(f"{run_prefix}_{market}_{arm}")
     result = Train.train(cfg, paths, splits=splits)
-    _, _, policy = Train.load_run(paths.run_dir)
+    policy = decision.load_policy(paths.run_dir)
     final = json.loads((paths.run_dir / "metrics.json").read_text())
-    env = Train.make_env(cfg, splits.test, mode="eval")
-    agents_per_bar = len(env.unwrapped.possible_agents)  # learned specialists + the meta-agent
+    agents_per_bar = len(policy.learned_pairs) + 1  # learned specialists + the meta-agent
     steps_per_s = final["agent_steps"] / max(final["seconds_this_session"], 1e-9)
     common = {
         "market": market,
@@ -147,10 +149,11 @@ def check_market(
             policy, len(splits.test.symbols), float(cfg["env"]["meta"]["logit_limit"])
         )
     rows = []
+    test_market, first_bar = splits.warm("test", policy.history_bars)  # warm, as every backtest
     for meta_name, played in metas.items():
-        record = Train.play_episode(Train.make_env(cfg, splits.test, mode="eval"), played, seed=0)
-        scores = Train.score_episode(record, splits.test.timeframe)
-        use = hierarchy.call_diagnostics(Train.make_env(cfg, splits.test, mode="eval"), played, seed=0)
+        record = decision.play_policy(played, test_market, first_bar)
+        scores = backtest.score_equity(record.equity, splits.test.timeframe)
+        use = hierarchy.record_call_stats(record, test_market, first_bar)
         rows.append(
             {
                 **common,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import decision
 import hierarchy
 import SequentialTradingEnv as S
 import synthetic
@@ -40,11 +41,8 @@ def test_only_a_window_of_bars_predicts_the_next_return(market):
     """What the meta-agent sees (every feature of the latest bar, normalized as the env does) predicts
     the next return ~not at all; the pair's last 8 bars of the pulse feature predict it at ~rho."""
     cfg = S.resolve_config({})
-    names = [f for f in market.feature_names if f not in cfg["exclude_features"]]
-    norm = cfg["normalization"]
-    z = S.normalize_causal(
-        S.transform_features(market, names), "rolling", norm["window"], norm["min_periods"], norm["clip"]
-    )
+    names = decision.feature_names(market.feature_names, cfg)
+    z = decision.observe_features(market, cfg)  # exactly what the env observes
     next_ret = np.log(market.close[1:] / market.close[:-1]) / market.meta["sigma"][1:, None]
     start = 800  # past the normalization's warm-up and the first windows
     pulse = z[:, :, names.index(synthetic.SIGNAL_FEATURE)]
