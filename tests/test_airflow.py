@@ -276,7 +276,6 @@ def test_quality_judges_the_runs_own_interval_not_newer_candles(airflow_setup, f
     features.indicators for BTC and ETH up to START + 9 days."""
     import data_fetch_job
     import data_quality
-    import orchestration
     from binance import make_exchange
 
     engine, config = airflow_setup["engine"], airflow_setup["config"]
@@ -289,6 +288,6 @@ def test_quality_judges_the_runs_own_interval_not_newer_candles(airflow_setup, f
         show_progress=False,
     )
     assert [r.status for r in results] == ["ok", "ok"]
-    assert orchestration.run_quality_check(config, built_ms)["checked"] == 2  # the earlier run's interval
+    assert data_quality.run_quality_check(config, built_ms)["checked"] == 2  # the earlier run's interval
     with pytest.raises(data_quality.DataQualityError, match="features_lag"):  # the newer interval's gate
-        orchestration.run_quality_check(config, later_ms)
+        data_quality.run_quality_check(config, later_ms)

@@ -50,7 +50,9 @@ def _write_configs(tmp_path, run_id: str) -> str:
                 "test": {"start": "2021-02-15", "end": "2021-03-01"},
             },
         },
-        "env": {"episode_length": 24},
+        # A 4-day normalization window: the validation split (from 2021-02-01) needs history_bars of
+        # warm history before it, and January's stored indicator rows are fewer than the default 727.
+        "env": {"episode_length": 24, "normalization": {"window": 96}},
         "model": {"specialist_hiddens": [8], "meta_hiddens": [8]},
         "ppo": {"train_batch_size": 300, "minibatch_size": 150, "num_epochs": 1},
         "resources": {"num_env_runners": 0, "num_envs_per_env_runner": 1},
