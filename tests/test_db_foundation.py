@@ -25,9 +25,19 @@ def test_migrations_create_market_tables(engine):
 
 
 def test_migrate_is_idempotent(engine):
-    db.migrate_schema(engine)
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(db.MIGRATIONS_DIR))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None and head != "0001"  # the trading schema (0002) follows the market one
+    db.migrate_schema(engine)  # already at head: a second run changes nothing
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == head
+        assert {"market", "trading"} <= set(
+            conn.execute(text("SELECT schema_name FROM information_schema.schemata")).scalars()
+        )
 
 
 def test_masked_url_hides_password():
