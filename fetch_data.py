@@ -608,19 +608,24 @@ def connect(policy: RetryPolicy | None = None) -> tuple[Engine, ccxt.Exchange]:
 
 @contextlib.contextmanager
 def cli_session() -> Iterator[None]:
-    """Logging for the CLIs, and SIGTERM handled like Ctrl-C (``kill``, systemd, container stops)
-    while the block runs; the previous SIGTERM handler is restored afterwards."""
+    """Logging for the CLIs, and SIGINT and SIGTERM handled like Ctrl-C (``kill``, systemd, container
+    stops) while the block runs; the previous handlers are restored afterwards.
+
+    SIGINT is set explicitly: a process started in the background by a non-interactive shell (cron,
+    ``nohup ... &``, CI scripts) inherits SIGINT *ignored*, and Python then never raises
+    KeyboardInterrupt, so ``kill -INT`` would let the job run on instead of recording the interrupt."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter on every start
 
     def interrupt(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
