@@ -133,17 +133,8 @@ def test_without_database_url_the_job_uses_the_embedded_postgresql(shared_1h):
             )
         engine.dispose()
     finally:
-        _stop_embedded(data_dir)
+        db.stop_embedded(data_dir)  # the job's server outlives the job by design
         shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def _stop_embedded(data_dir: Path) -> None:
-    """Stop the pgserver instance this test started (it outlives the job by design)."""
-    from pgserver._commands import pg_ctl
-
-    if (data_dir / "postmaster.pid").exists():
-        user = "pgserver" if os.geteuid() == 0 else None
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data_dir, user=user)
 
 
 # --------------------------------------------------------------------------------------------------
