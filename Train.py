@@ -9,6 +9,7 @@ Usage::
 
     python Train.py --config configs/smoke.yaml --run-id NAME [--set ppo.lr=1e-4 ...]
     python Train.py --run-id NAME --resume [--set run.iterations=40]
+    python Train.py --config configs/smoke.yaml --run-id NEXT --init-from saved_models/NAME   # warm start
     python Train.py --config configs/train.yaml --tune        # ASHA search, best trial saved as a run
     python Train.py --address 127.0.0.1:6379 ...              # or RAY_ADDRESS: join a Ray cluster
 
@@ -103,11 +104,19 @@ def train(
     address: str | None = None,
     splits: Splits | None = None,
     report: Callable[[dict[str, Any]], None] | None = None,
+    init_from: str | Path | None = None,
 ) -> RunResult:
     """Train (or, with ``resume``, continue) the run at ``paths`` until ``run.iterations``, keeping the
-    best checkpoint by validation score. ``report`` receives each iteration's row (Tune's)."""
-    state = _open_run(paths, resume)
+    best checkpoint by validation score. ``report`` receives each iteration's row (Tune's).
+    ``init_from``: a saved run whose best weights a new run starts from (the walk-forward's warm
+    start); a resumed run continues from its own ``latest/`` instead."""
     splits = training.cached_splits(cfg, splits)
+    init_weights = None
+    if init_from is not None and not resume:  # refused before anything is written or Ray starts
+        init_weights = training.read_init_weights(init_from, cfg, splits.train)
+    state = _open_run(paths, resume)
+    if init_weights is not None:
+        state["init_from"] = str(init_from)
     _write_run_config(cfg, paths, splits, resume)
     ray_info = training.init_ray(address, paths.log_dir)
     training.redirect_rllib_logdir(paths.log_dir)
@@ -115,11 +124,14 @@ def train(
     algo = algo_config.build_algo()
     if resume:
         algo.restore_from_path(str((paths.run_dir / "latest").resolve()))
+    elif init_weights is not None:
+        training.set_module_weights(algo, init_weights)
     else:
         training.init_meta_log_std(algo, cfg["model"]["meta_log_std_init"])
     progress = training.ProgressLog(paths.log_dir)
+    start = "resuming at" if resume else "starting" if init_weights is None else f"from {init_from}: starting"
     progress.line(
-        f"run {paths.run_id}: {'resuming at' if resume else 'starting'} iteration {state['iteration']} "
+        f"run {paths.run_id}: {start} iteration {state['iteration']} "
         f"of {cfg['run']['iterations']}; {len(splits.train.symbols)} pairs, train {splits.train.n_bars} "
         f"bars, validation {splits.validation.n_bars} bars; {ray_info}; "
         f"{algo_config.num_env_runners} env runners x {algo_config.num_envs_per_env_runner} envs"
@@ -192,6 +204,7 @@ def _final_metrics(paths: RunPaths, state: dict[str, Any], metric: str, started:
         "best_validation_score": state["best_score"],
         "best_iteration": state["best_iteration"],
         "best_validation_metrics": state["best_metrics"],
+        "init_from": state.get("init_from"),
     }
 
 
@@ -314,6 +327,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--resume", action="store_true", help="continue the run --run-id from its latest checkpoint"
     )
     parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="RUN_DIR",
+        help="start from the best weights of a saved run (same pairs, features and model) instead of random",
+    )
+    parser.add_argument(
         "--tune", action="store_true", help="Ray Tune ASHA search; the best trial becomes the run"
     )
     parser.add_argument(
@@ -328,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.init_from and (args.resume or args.tune):
+            raise ConfigError("--init-from starts a new single run: not with --resume (which continues the "
+                              "run's own latest/ checkpoint) nor with --tune")  # fmt: skip
         if args.resume:
             if not args.run_id:
                 raise ConfigError("--resume needs --run-id NAME")
@@ -351,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.tune:
             result = tune_run(cfg, paths, address=args.address)
         else:
-            result = train(cfg, paths, resume=args.resume, address=args.address, splits=splits)
+            result = train(cfg, paths, resume=args.resume, address=args.address, splits=splits,
+                           init_from=args.init_from)  # fmt: skip
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

@@ -734,17 +734,9 @@ def load_run_files(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]
     return run_files.read_run(run_dir)
 
 
-def load_policy(run_dir: str | Path) -> Policy:
-    """The deterministic policy of the run saved in ``run_dir`` (``saved_models/<run_id>/``), read
-    with torch from its best checkpoint; no Ray needed. Raises FileNotFoundError / ValueError with a
-    clear message for a missing or corrupt run.
-
-    Sets torch to one intra-op thread for the process: the networks are tiny, and on a busy machine
-    more threads only spin (a stitched walk-forward backtest took 20 min instead of 2)."""
-    import torch
-
-    torch.set_num_threads(1)
-    cfg, manifest = load_run_files(run_dir)
+def load_module_states(run_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """``{module_id: state_dict}`` (numpy arrays) of a saved run's best checkpoint; ValueError names a
+    missing or corrupt module file. Verify the run first (`load_run_files`)."""
     states = {}
     for module_id in MODULE_IDS:
         path = module_state_path(run_dir, module_id)
@@ -757,6 +749,21 @@ def load_policy(run_dir: str | Path) -> Policy:
             raise ValueError(
                 f"checkpoint of module {module_id!r} in {run_dir} is missing or corrupt: {exc}"
             ) from exc
+    return states
+
+
+def load_policy(run_dir: str | Path) -> Policy:
+    """The deterministic policy of the run saved in ``run_dir`` (``saved_models/<run_id>/``), read
+    with torch from its best checkpoint; no Ray needed. Raises FileNotFoundError / ValueError with a
+    clear message for a missing or corrupt run.
+
+    Sets torch to one intra-op thread for the process: the networks are tiny, and on a busy machine
+    more threads only spin (a stitched walk-forward backtest took 20 min instead of 2)."""
+    import torch
+
+    torch.set_num_threads(1)
+    cfg, manifest = load_run_files(run_dir)
+    states = load_module_states(run_dir)
     try:
         return Policy.from_states(
             cfg, manifest["symbols"], manifest["timeframe"], manifest["feature_names"], states

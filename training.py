@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import backtest
 import console
 import decision
@@ -339,6 +341,49 @@ def init_meta_log_std(algo: Any, log_std: float | None) -> None:
             half = last.out_features // 2
             last.weight[half:].zero_()
             last.bias[half:].fill_(float(log_std))
+    algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
+
+
+def read_init_weights(
+    run_dir: str | Path, cfg: dict[str, Any], data: MarketData
+) -> dict[str, dict[str, Any]]:
+    """The module weights a run starting from the saved run ``run_dir`` begins with (its best
+    checkpoint: what the walk-forward's ``warm_start`` carries from one fold to the next), checked
+    before Ray starts: the saved run's files verify, and it must trade the same pairs at the same
+    timeframe with the same features and ``model`` section, or the weights would mean something else
+    (ConfigError naming the difference)."""
+    run_dir = Path(run_dir)
+    try:
+        saved_cfg, manifest = decision.load_run_files(run_dir)
+        states = decision.load_module_states(run_dir)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"init from {run_dir}: {exc}") from exc
+    here = {"pairs": list(data.symbols), "timeframe": data.timeframe, "features": list(data.feature_names),
+            "model": cfg["model"]}  # fmt: skip
+    there = {"pairs": list(manifest["symbols"]), "timeframe": manifest["timeframe"],
+             "features": list(manifest["feature_names"]), "model": saved_cfg["model"]}  # fmt: skip
+    for key, value in here.items():
+        if there[key] != value:
+            raise ConfigError(
+                f"init from {run_dir}: its {key} ({there[key]}) differ from this run's ({value}); start "
+                "from a run of the same pairs, features and model, or from random weights"
+            )
+    return states
+
+
+def set_module_weights(algo: Any, states: dict[str, dict[str, Any]]) -> None:
+    """Load ``states`` (`read_init_weights`) into the learner's modules, every name and shape exactly
+    (RLlib's own set_state is lenient about missing keys), then into every env runner's copy. The
+    optimizer keeps its fresh state: Adam's moments of another run's data would steer the first steps."""
+    import torch
+
+    learner = algo.learner_group._learner  # num_learners=0: the learner lives in this process
+    for module_id, state in states.items():
+        tensors = {k: torch.as_tensor(np.asarray(v)) for k, v in state.items()}
+        try:
+            learner.module[module_id].load_state_dict(tensors, strict=True)
+        except RuntimeError as exc:
+            raise ConfigError(f"module {module_id!r} cannot take the saved weights: {exc}") from exc
     algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
 
 

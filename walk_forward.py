@@ -9,7 +9,9 @@ sure the result is.
 2. **Train**: every (fold, seed) pair is one independent `Train.train` run, one Ray task of one CPU
    (sampling in-process), so the same command spreads over a cluster with ``--address`` and locally
    runs one run per CPU. A finished run leaves ``done.json``; ``--resume`` skips finished runs and
-   continues interrupted ones from their ``latest/`` checkpoint.
+   continues interrupted ones from their ``latest/`` checkpoint. With ``warm_start: true`` a fold's
+   run of seed s starts from the best weights of the previous fold's run of seed s (``Train.train``'s
+   ``init_from``) and waits for it: seeds train side by side, folds one after another.
 3. **Backtest**: the folds' test segments are played in order on the decision core with warm history
    (each segment's observations use the bars before it, so nothing restarts cold at a boundary), ONE
    `Portfolio` carried from fold to fold (cash and positions: the stitched curve is one account). The
@@ -140,8 +142,8 @@ def validate_config(cfg: dict[str, Any]) -> None:
     seconds = budget["time_budget_s"]
     if seconds is not None and not (isinstance(seconds, (int, float)) and seconds > 0):
         raise ConfigError(f"budget.time_budget_s must be a positive number or null, got {seconds!r}")
-    if cfg["warm_start"] is not False:
-        raise ConfigError("warm_start: true is not supported yet; every fold trains from scratch (set false)")
+    if not isinstance(cfg["warm_start"], bool):
+        raise ConfigError(f"warm_start must be true or false, got {cfg['warm_start']!r}")
     concurrent = cfg["parallel"]["max_concurrent"]
     if concurrent is not None and not (isinstance(concurrent, int) and concurrent >= 1):
         raise ConfigError(f"parallel.max_concurrent must be a positive integer or null, got {concurrent!r}")
@@ -288,6 +290,7 @@ class Unit:
     cfg: dict[str, Any]
     run_dir: Path
     log_dir: Path
+    after: Unit | None = None  # warm_start: the previous fold's run of this seed (its weights start this)
 
     @property
     def name(self) -> str:
@@ -295,13 +298,25 @@ class Unit:
 
 
 def make_units(cfg: Mapping[str, Any], plan: list[Fold], paths: WalkForwardPaths) -> list[Unit]:
+    """Every (fold, seed) run, fold by fold; with ``warm_start`` each run after fold 0 starts from the
+    best weights of the previous fold's run of the same seed (trained on data that all lies before
+    this fold's test segment: the previous fold's ranges end where its test segment starts)."""
     train_cfg = training_config(cfg)
-    units = []
+    units: list[Unit] = []
+    previous: dict[int, Unit] = {}
     for fold in plan:
         for seed in cfg["seeds"]["values"]:
             run = paths.unit(fold, seed)
-            units.append(Unit(fold, seed, unit_config(train_cfg, fold, seed), run.run_dir, run.log_dir))
+            after = previous.get(seed) if cfg["warm_start"] else None
+            unit = Unit(fold, seed, unit_config(train_cfg, fold, seed), run.run_dir, run.log_dir, after)
+            units.append(unit)
+            previous[seed] = unit
     return units
+
+
+def next_ready(queue: Sequence[Unit], finished: Mapping[str, Any]) -> Unit | None:
+    """The first queued unit whose warm-start source (if any) has finished training, else None."""
+    return next((u for u in queue if u.after is None or u.after.name in finished), None)
 
 
 def unit_done(unit: Unit) -> dict[str, Any] | None:
@@ -325,10 +340,13 @@ def train_unit(unit: Unit, data: MarketData) -> dict[str, Any]:
     if not resume and unit.run_dir.exists():
         shutil.rmtree(unit.run_dir)  # killed before its first checkpoint: nothing to keep
     tick = time.monotonic()
-    result = Train.train(unit.cfg, paths, resume=resume, splits=fold_splits(data, unit.fold))
+    init_from = None if unit.after is None else unit.after.run_dir
+    splits = fold_splits(data, unit.fold)
+    result = Train.train(unit.cfg, paths, resume=resume, splits=splits, init_from=init_from)
     payload = {
         "fold": unit.fold.index,
         "seed": unit.seed,
+        "warm_from": None if unit.after is None else unit.after.name,
         "iterations": result.iterations,
         "best_iteration": result.best_iteration,
         "best_validation_score": result.best_score,
@@ -353,7 +371,9 @@ def run_units(
     """Train every unfinished unit as a Ray task of one CPU; {unit name: done payload} of all units.
 
     Ray runs as many tasks at once as the cluster has CPUs (locally: this machine's); ``max_concurrent``
-    caps that. Results are printed as they arrive; a failed unit raises after the others finished."""
+    caps that. A warm-started unit waits for the run it starts from (`next_ready`): seeds still train
+    side by side, folds one after another per seed. Results are printed as they arrive; a failed unit
+    (and every unit that would start from it) raises after the others finished."""
     import ray
 
     import training
@@ -374,9 +394,12 @@ def run_units(
     running: dict[Any, Unit] = {}
     failures: list[str] = []
     while queue or running:
-        while queue and len(running) < limit:
-            unit = queue.pop(0)
+        while len(running) < limit and (unit := next_ready(queue, results)) is not None:
+            queue.remove(unit)
             running[remote.remote(unit, data_ref)] = unit
+        if not running:  # what is left waits for runs that failed
+            failures.extend(f"{u.name}: not trained, its warm start {u.after.name} failed" for u in queue)
+            break
         ready, _ = ray.wait(list(running), num_returns=1)
         unit = running.pop(ready[0])
         try:
@@ -851,6 +874,8 @@ def write_report(
             for n in names
         )
         fold_body.append(f"<tr>{cells}</tr>")
+    warm = ", each fold's runs starting from the previous fold's weights (warm start)" if summary.get(
+        "warm_start") else ", every run from random weights"  # fmt: skip
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1300px}}
@@ -858,7 +883,7 @@ table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{max-width:100%}}</style></head>
 <body><h1>{html.escape(title)}</h1>
 <p>{len(plan)} folds ({html.escape(summary["mode"])}), seeds {html.escape(str(summary["seeds"]))} combined by
-<b>{html.escape(summary["combine"])}</b>; out-of-sample {html.escape(summary["test_start"])} ..
+<b>{html.escape(summary["combine"])}</b>{warm}; out-of-sample {html.escape(summary["test_start"])} ..
 {html.escape(summary["test_end"])} UTC, {summary["bars"]} bars of {len(records["agent"].symbols)} pairs
 ({html.escape(", ".join(records["agent"].symbols))});
 fees and execution identical for every curve ({html.escape(str(summary["portfolio"]))}).</p>
@@ -900,7 +925,7 @@ def prepare(cfg: Mapping[str, Any], paths: WalkForwardPaths, resume: bool) -> No
         if not saved.exists():
             raise ConfigError(f"--resume: {paths.out_dir} holds no walk-forward to resume (no config.yaml)")
         old = yaml.safe_load(saved.read_text())
-        for key in ("data", "folds", "seeds", "train_config", "train", "train_overrides"):
+        for key in ("data", "folds", "seeds", "warm_start", "train_config", "train", "train_overrides"):
             if old.get(key) != cfg.get(key):
                 raise ConfigError(
                     f"--resume: {key} differs from the saved walk-forward's; resume with the saved "
@@ -917,17 +942,18 @@ def prepare(cfg: Mapping[str, Any], paths: WalkForwardPaths, resume: bool) -> No
 
 
 def write_fold_info(paths: WalkForwardPaths, fold: Fold, cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """fold.json: the fold's ranges, seeds, their validation scores and the combine rule."""
+    """fold.json: the fold's ranges, seeds, their validation scores, the combine rule and the runs
+    each seed's training started from (warm start; null: random weights)."""
     seeds = list(cfg["seeds"]["values"])
     fold_dir = paths.fold_dir(fold)
-    scores = {
-        str(s): json.loads((d / DONE_FILE).read_text())["best_validation_score"]
-        for s, d in zip(seeds, seed_dirs(fold_dir, seeds), strict=True)
-    }
+    done = {str(s): json.loads((d / DONE_FILE).read_text()) for s, d in zip(seeds, seed_dirs(fold_dir, seeds),
+                                                                             strict=True)}  # fmt: skip
     # JSON has no infinities: an undefined score (e.g. the Sharpe of a flat curve) is null.
-    scores = {s: None if v is None else _finite(v) for s, v in scores.items()}
+    scores = {s: None if d["best_validation_score"] is None else _finite(d["best_validation_score"])
+              for s, d in done.items()}  # fmt: skip
     info = {**fold.as_row(), "seeds": seeds, "combine": cfg["seeds"]["combine"],
-            "selected_seed": best_seed(fold_dir, seeds), "validation_scores": scores}  # fmt: skip
+            "selected_seed": best_seed(fold_dir, seeds), "validation_scores": scores,
+            "warm_from": {s: d.get("warm_from") for s, d in done.items()}}  # fmt: skip
     write_json(fold_dir / "fold.json", info)
     return info
 
@@ -1003,7 +1029,8 @@ def run_walk_forward(
     curves = curve_statistics(records, periods, stats_cfg, n_trials, variance)
     fold_info = [{"seeds": " ".join(map(str, seeds)),
                   "decision": "mean" if cfg["seeds"]["combine"] == "mean" else f"seed {i['selected_seed']}",
-                  "validation_scores": i["validation_scores"]} for i in infos]  # fmt: skip
+                  "validation_scores": i["validation_scores"],
+                  "warm_start": any(i["warm_from"].values())} for i in infos]  # fmt: skip
     table = fold_table(plan, records, chain.fold_rows, periods, fold_info)
     summary = {
         "run_id": paths.run_id,
@@ -1014,6 +1041,7 @@ def run_walk_forward(
         "folds": len(plan),
         "seeds": seeds,
         "combine": cfg["seeds"]["combine"],
+        "warm_start": bool(cfg["warm_start"]),
         "n_trials": n_trials,
         "test_start": format_ms(plan[0].test_start_ms),
         "test_end": format_ms(plan[-1].test_end_ms),

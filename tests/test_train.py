@@ -379,3 +379,79 @@ def test_best_checkpoint_and_resume_keep_the_right_weights(tmp_path, monkeypatch
         assert checkpoint_hash(paths.run_dir, "checkpoint") == seen[3]
     finally:
         ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting from a saved run's weights (the walk-forward's warm start)
+# ---------------------------------------------------------------------------------------------
+
+
+def module_hashes(modules, inference_only: bool = False) -> str:
+    """weights_hash of RLlib modules' torch state; ``inference_only``: just the keys that sampling uses
+    (what the learner sends to env runners; their value-function copies are never synced or used)."""
+    states = {}
+    for mid in decision.MODULE_IDS:
+        state = modules[mid].state_dict()
+        keys = modules[mid].get_state(inference_only=True) if inference_only else state
+        states[mid] = {k: state[k].detach().cpu().numpy() for k in keys}
+    return weights_hash(states)
+
+
+@pytest.mark.slow
+def test_init_from_starts_learner_and_sampler_at_the_saved_best_weights(tmp_path, monkeypatch):
+    import ray
+
+    cfg = Train.load_config(ROOT / "configs" / "smoke.yaml", ["run.iterations=1"])
+    source = Train.RunPaths.make("source", tmp_path / "saved", tmp_path / "logs")
+    try:
+        Train.train(cfg, source)
+        saved_best = checkpoint_hash(source.run_dir, "checkpoint")
+
+        # A run of another model or other pairs is refused before anything is written or Ray starts.
+        splits = training.load_splits(cfg)
+        wider = Train.set_path(cfg, "model.meta_hiddens", [32])
+        with pytest.raises(ConfigError, match="model"):
+            training.read_init_weights(source.run_dir, wider, splits.train)
+        two_pairs = {**cfg, "data": {**cfg["data"], "source": {**cfg["data"]["source"], "n_pairs": 2}}}
+        other_pairs = training.load_splits(two_pairs)
+        with pytest.raises(ConfigError, match="pairs"):
+            training.read_init_weights(source.run_dir, cfg, other_pairs.train)
+        with pytest.raises(ConfigError, match="not a saved run"):
+            training.read_init_weights(tmp_path / "nothing", cfg, splits.train)
+
+        seen: dict[str, str] = {}
+        original = training.set_module_weights
+
+        def spy(algo, states):  # the weights the learner and the sampling env runner start from
+            original(algo, states)
+            learner = algo.learner_group._learner.module
+            sampler = algo.env_runner_group.local_env_runner.module
+            seen["learner"] = module_hashes(learner)
+            seen["sampler"] = module_hashes(sampler, inference_only=True)
+            seen["learner_as_sampler"] = module_hashes(learner, inference_only=True)
+
+        monkeypatch.setattr(training, "set_module_weights", spy)
+        warm = Train.RunPaths.make("warm", tmp_path / "saved", tmp_path / "logs")
+        result = Train.train(cfg, warm, init_from=source.run_dir)
+        assert seen["learner"] == saved_best  # exactly the source's best checkpoint, every key
+        assert seen["sampler"] == seen["learner_as_sampler"]  # the env runner samples with them too
+        fresh = training.build_algo_config(cfg).build_algo()
+        try:
+            assert module_hashes(fresh.learner_group._learner.module) != saved_best  # not the default init
+        finally:
+            fresh.stop()
+        assert result.iterations == 1
+        final = json.loads((warm.run_dir / "metrics.json").read_text())
+        assert final["init_from"] == str(source.run_dir)
+        assert f"from {source.run_dir}: starting iteration 0" in (warm.log_dir / "progress.log").read_text()
+        assert json.loads((source.run_dir / "metrics.json").read_text())["init_from"] is None
+    finally:
+        ray.shutdown()
+
+
+def test_cli_refuses_init_from_with_resume_or_tune(tmp_path, capsys):
+    for extra in (["--resume", "--run-id", "x"], ["--tune"]):
+        roots = ["--saved-models", str(tmp_path / "saved"), "--logs", str(tmp_path / "logs")]
+        code = Train.main(["--config", "configs/smoke.yaml", "--init-from", str(tmp_path), *extra, *roots])
+        assert code == 2 and "--init-from" in capsys.readouterr().err
+    assert not (tmp_path / "saved").exists()

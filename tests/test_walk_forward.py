@@ -144,7 +144,7 @@ def test_default_config_resolves_with_its_training_part():
         ({"seeds": {"values": [1, 1]}}, [], "duplicates"),
         ({"seeds": {"combine": "median"}}, [], "seeds.combine"),
         ({"budget": {"iterations": 0}}, [], "budget.iterations"),
-        ({"warm_start": True}, [], "warm_start"),
+        ({"warm_start": "yes"}, [], "warm_start"),
         ({"statistics": {"confidence": 1.5}}, [], "statistics.confidence"),
         ({"statistics": {"configurations_tried": 0}}, [], "configurations_tried"),
         ({"train": {"run": {"seed": 4}}}, [], "train.run.seed"),
@@ -179,6 +179,26 @@ def test_smoke_config_resolves():
     assert len(plan) == 2 and len(cfg["seeds"]["values"]) == 1
     data = wf.load_data(cfg)
     folds.check_coverage(plan, int(data.open_time_ms[0]), int(data.open_time_ms[-1]) + wf.bar_ms(data))
+
+
+def test_warm_start_chains_each_seed_through_the_folds(tmp_path):
+    """warm_start: fold k's run of seed s starts from fold k-1's run of seed s and waits for it alone;
+    without it every run is independent."""
+    paths = wf.WalkForwardPaths.make("w", tmp_path / "saved", tmp_path / "logs")
+    cfg = wf.load_config(SMOKE, ["seeds.values=[0, 1]", "warm_start=true"])
+    plan = folds.plan_folds(cfg["folds"])
+    units = {u.name: u for u in wf.make_units(cfg, plan, paths)}
+    assert list(units) == ["fold_0/seed_0", "fold_0/seed_1", "fold_1/seed_0", "fold_1/seed_1"]
+    assert units["fold_0/seed_0"].after is None and units["fold_0/seed_1"].after is None
+    assert units["fold_1/seed_0"].after is units["fold_0/seed_0"]
+    assert units["fold_1/seed_1"].after.run_dir == tmp_path / "saved" / "w" / "fold_0" / "seed_1"
+    later = [units["fold_1/seed_0"], units["fold_1/seed_1"]]
+    assert wf.next_ready(later, {}) is None  # nothing of fold 1 before its seed's fold 0 finished
+    # Seeds never wait for each other.
+    assert wf.next_ready(later, {"fold_0/seed_1": {}}) is units["fold_1/seed_1"]
+    assert wf.next_ready(list(units.values()), {}) is units["fold_0/seed_0"]
+    cold = wf.make_units(wf.load_config(SMOKE, ["seeds.values=[0, 1]"]), plan, paths)
+    assert all(u.after is None for u in cold) and wf.next_ready(cold[2:], {}) is cold[2]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,6 +432,27 @@ def test_smoke_walk_forward_killed_then_resumed_end_to_end(tmp_path):
         last = (rows[k + 1] if k + 1 < len(plan) else market.n_bars) - 1
         value = state["cash"] + float(np.dot(state["qty"], market.close[last]))
         assert value == pytest.approx(equity[last, 1], rel=1e-12)
+
+
+@pytest.mark.slow
+def test_warm_started_smoke_walk_forward_starts_each_fold_from_the_previous(tmp_path):
+    """The smoke walk-forward with warm_start: fold 1's run starts from fold 0's best weights (read
+    from its verified checkpoint, so fold 0 had finished), and every output says so."""
+    run_wf(tmp_path, "--config", str(SMOKE), "--run-id", "warm", "--set", "warm_start=true")
+    saved = tmp_path / "saved" / "warm"
+    first, second = (json.loads((saved / f"fold_{k}" / "seed_0" / "done.json").read_text()) for k in (0, 1))
+    assert first["warm_from"] is None and second["warm_from"] == "fold_0/seed_0"
+    metrics_1 = json.loads((saved / "fold_1" / "seed_0" / "metrics.json").read_text())
+    assert metrics_1["init_from"] == str(saved / "fold_0" / "seed_0")
+    assert json.loads((saved / "fold_1" / "fold.json").read_text())["warm_from"] == {"0": "fold_0/seed_0"}
+    wf_dir = tmp_path / "logs" / "warm" / "walk_forward"
+    progress = (wf_dir / "fold_1" / "seed_0" / "progress.log").read_text()
+    assert f"from {saved / 'fold_0' / 'seed_0'}: starting iteration 0" in progress
+    assert json.loads((wf_dir / "metrics.json").read_text())["warm_start"] is True
+    rows = (wf_dir / "folds.csv").read_text().splitlines()
+    column = rows[0].split(",").index("warm_start")
+    assert [r.split(",")[column] for r in rows[1:]] == ["False", "True"]
+    assert "warm start" in (wf_dir / "report.html").read_text()
 
 
 # ---------------------------------------------------------------------------------------------
