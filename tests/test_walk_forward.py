@@ -455,6 +455,30 @@ def test_warm_started_smoke_walk_forward_starts_each_fold_from_the_previous(tmp_
     assert "warm start" in (wf_dir / "report.html").read_text()
 
 
+@pytest.mark.slow
+def test_a_failed_run_leaves_the_runs_that_would_start_from_it_untrained(tmp_path):
+    import dataclasses
+
+    import ray
+
+    cfg = wf.load_config(SMOKE, ["warm_start=true"])
+    plan = folds.plan_folds(cfg["folds"])
+    paths = wf.WalkForwardPaths.make("f", tmp_path / "saved", tmp_path / "logs")
+    first, second = wf.make_units(cfg, plan, paths)
+    broken_cfg = {**first.cfg, "model": {**first.cfg["model"], "activation": "no-such-activation"}}
+    broken = dataclasses.replace(first, cfg=broken_cfg)
+    try:
+        with pytest.raises(RuntimeError) as failed:
+            units = [broken, dataclasses.replace(second, after=broken)]
+            wf.run_units(units, wf.load_data(cfg), tmp_path / "logs")
+    finally:
+        ray.shutdown()
+    message = str(failed.value)
+    assert "fold_0/seed_0:" in message
+    assert "fold_1/seed_0: not trained, its warm start fold_0/seed_0 failed" in message
+    assert not second.run_dir.exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # What a walk-forward finds: a planted market and one without signal
 # ---------------------------------------------------------------------------------------------
