@@ -52,10 +52,9 @@ from fetch_data import (
     check_request,
     cli_session,
     fetch_range,
-    iso_utc,
     parse_time_ms,
 )
-from settings import CONFIG_DIR, ConfigError, check_keys, load_yaml
+from settings import CONFIG_DIR, ConfigError, check_keys, format_ms, load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +219,7 @@ def summary_table(results: list[FetchResult]) -> str:
     for r in results:
         status = r.status if r.status == "ok" else f"{r.status.upper()}: {r.error}"
         lines.append(
-            f"{r.symbol:<12} {r.timeframe:<4} {iso_utc(r.since_ms):<16} {iso_utc(r.until_ms):<16} "
+            f"{r.symbol:<12} {r.timeframe:<4} {format_ms(r.since_ms):<16} {format_ms(r.until_ms):<16} "
             f"{r.rows_fetched:>8} {r.rows_inserted:>8} {len(r.gaps):>4} {r.retries:>7}  {status}"
         )
     return "\n".join(lines)

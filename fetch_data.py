@@ -42,7 +42,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import ccxt
@@ -61,6 +60,7 @@ from binance import (
     timeframe_ms,
     unreachable_hint,
 )
+from settings import format_ms
 
 log = logging.getLogger(__name__)
 
@@ -159,15 +159,10 @@ def parse_time_ms(value: str | int | None, where: str = "--since/--until") -> in
     numeric = isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())
     if numeric and 0 < ts_ms < _SECONDS_LOOKALIKE_MS:
         raise FetchError(
-            f"bad date: {where} {value} looks like epoch SECONDS (as milliseconds it is {iso_utc(ts_ms)}); "
-            f"pass milliseconds ({ts_ms * 1000}) or a date such as {iso_utc(ts_ms * 1000)[:10]}"
+            f"bad date: {where} {value} looks like epoch SECONDS (as milliseconds it is {format_ms(ts_ms)}); "
+            f"pass milliseconds ({ts_ms * 1000}) or a date such as {format_ms(ts_ms * 1000)[:10]}"
         )
     return ts_ms
-
-
-def iso_utc(ts_ms: int | None) -> str:
-    """``2021-01-01 00:00`` (UTC) for epoch ms; ``-`` for None."""
-    return "-" if ts_ms is None else datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def _is_ban(exc: Exception) -> bool:
@@ -311,7 +306,7 @@ def validate_candles(rows: list[list], symbol: str, timeframe: str) -> tuple[np.
         if bad.any():
             index = int(np.flatnonzero(bad)[0])
             raise InvalidCandleError(
-                f"{symbol} {timeframe}: invalid candle at {iso_utc(int(ts[index]))} ({problem}): "
+                f"{symbol} {timeframe}: invalid candle at {format_ms(int(ts[index]))} ({problem}): "
                 f"{rows[index]}"
             )
     return ts, np.ascontiguousarray(array[:, 1:])
@@ -386,7 +381,8 @@ def fetch_range(
         except ValueError as exc:
             raise FetchError(str(exc)) from None
         if since_ms is not None and until_ms is not None and since_ms >= until_ms:
-            raise FetchError(f"bad dates: since {iso_utc(since_ms)} is not before until {iso_utc(until_ms)}")
+            since, until = format_ms(since_ms), format_ms(until_ms)
+            raise FetchError(f"bad dates: since {since} is not before until {until}")
         what = f"{symbol} {timeframe}"
         # ccxt only records the parsed body when asked; a None there reveals a malformed answer
         client.enableLastJsonResponse = True
@@ -399,7 +395,7 @@ def fetch_range(
         open_candle_ms = floor_to_timeframe(now_ms, timeframe)  # first candle that is not closed yet
         if since_ms is not None and since_ms >= now_ms:
             raise FetchError(
-                f"bad dates: since {iso_utc(since_ms)} is after the exchange's time {iso_utc(now_ms)}"
+                f"bad dates: since {format_ms(since_ms)} is after the exchange's time {format_ms(now_ms)}"
             )
         previous_ms = None
         if since_ms is None:
@@ -412,7 +408,7 @@ def fetch_range(
         end = open_candle_ms if until_ms is None else min(until_ms, open_candle_ms)
         start = min(start, end)  # already up to date: an empty range, reported as [end, end)
         result.since_ms, result.until_ms = start, end
-        log.info("%s: fetching [%s, %s)", what, iso_utc(start), iso_utc(end))
+        log.info("%s: fetching [%s, %s)", what, format_ms(start), format_ms(end))
 
         def page(cursor: int) -> tuple[np.ndarray, np.ndarray]:
             """Validated candles of [cursor, end) from one klines request (retried on transient errors)."""
@@ -426,7 +422,7 @@ def fetch_range(
                 return validate_candles(rows, symbol, timeframe)
 
             ts, values = call_with_retry(
-                request, client, f"{what}: klines from {iso_utc(cursor)}", policy, retries, sleep
+                request, client, f"{what}: klines from {format_ms(cursor)}", policy, retries, sleep
             )
             keep = (ts >= cursor) & (ts < end)
             return ts[keep], values[keep]
@@ -446,7 +442,7 @@ def fetch_range(
                 log.warning(
                     "%s: klines from %s came back %s; asking again%s (%d/%d)",
                     what,
-                    iso_utc(cursor),
+                    format_ms(cursor),
                     f"with {missing} candle(s) missing" if ts.size else "empty before the range end",
                     f" in {delay:.2f} s" if delay else "",
                     check + 1,
@@ -465,24 +461,25 @@ def fetch_range(
             after ``end`` (returns), a failure naming the missing span otherwise (raises)."""
             rows = call_with_retry(
                 lambda: client.fetch_ohlcv(symbol, timeframe, since=cursor, limit=1),
-                client, f"{what}: next candle after {iso_utc(cursor)}", policy, retries, sleep,
+                client, f"{what}: next candle after {format_ms(cursor)}", policy, retries, sleep,
             )
             next_ms = int(rows[0][0]) if rows else None
             if next_ms is not None and next_ms >= end:
                 if previous_ms is None:
-                    log.info("%s: no candles before %s (not listed yet)", what, iso_utc(next_ms))
+                    log.info("%s: no candles before %s (not listed yet)", what, format_ms(next_ms))
                 else:
                     result.gaps.append(db.Gap(cursor, next_ms, (next_ms - cursor) // step))
                 return
             later = (
-                f"it lists a candle at {iso_utc(next_ms)} inside that span"
+                f"it lists a candle at {format_ms(next_ms)} inside that span"
                 if next_ms is not None
-                else f"it has no candle after {iso_utc(cursor)} although its clock is at {iso_utc(now_ms)}"
+                else f"it has no candle after {format_ms(cursor)} although its clock is at "
+                f"{format_ms(now_ms)}"
             )
             raise FetchError(
-                f"{what}: missing {(end - cursor) // step} candle(s) from {iso_utc(cursor)} to "
-                f"{iso_utc(end)}: the exchange answered {policy.page_checks + 1} empty pages and {later}; "
-                f"stored up to {iso_utc(previous_ms)}, re-run later to fetch the rest",
+                f"{what}: missing {(end - cursor) // step} candle(s) from {format_ms(cursor)} to "
+                f"{format_ms(end)}: the exchange answered {policy.page_checks + 1} empty pages and {later}; "
+                f"stored up to {format_ms(previous_ms)}, re-run later to fetch the rest",
                 permanent=False,
             )
 
@@ -506,7 +503,7 @@ def fetch_range(
                 progress(int(ts.size))
             pages += 1
             if pages % 10 == 0:  # progress for logs (Airflow, cron) where no bar is drawn
-                log.info("%s: %d candles so far, up to %s", what, result.rows_fetched, iso_utc(int(ts[-1])))
+                log.info("%s: %d candles so far, up to %s", what, result.rows_fetched, format_ms(int(ts[-1])))
             previous_ms = int(ts[-1])
             cursor = previous_ms + step
         flush()
@@ -551,7 +548,7 @@ def fetch_range(
             symbol,
             timeframe,
             gap.missing_bars,
-            iso_utc(gap.start_ms),
+            format_ms(gap.start_ms),
         )
     log.info(
         "%s %s: %d fetched, %d inserted, %d gap(s), %d retries in %.1f s",
@@ -591,7 +588,8 @@ def check_request(
     except ValueError as exc:
         raise FetchError(str(exc)) from None
     if since_ms is not None and until_ms is not None and since_ms >= until_ms:
-        raise FetchError(f"bad dates: --since {iso_utc(since_ms)} is not before --until {iso_utc(until_ms)}")
+        since, until = format_ms(since_ms), format_ms(until_ms)
+        raise FetchError(f"bad dates: --since {since} is not before --until {until}")
 
 
 def connect(policy: RetryPolicy | None = None) -> tuple[Engine, ccxt.Exchange]:

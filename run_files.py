@@ -34,7 +34,7 @@ import yaml
 
 import market_data
 from market_data import MarketData
-from settings import PROJECT_ROOT, ConfigError, yaml_problem
+from settings import PROJECT_ROOT, ConfigError, format_ms, yaml_problem
 
 log = logging.getLogger("run_files")
 
@@ -143,18 +143,12 @@ def compare_split(manifest: Mapping[str, Any], split: str, data: MarketData) -> 
         for end, now in ends.items():
             then = record.get(f"{end}_open_time_ms")
             if int(now) != then:
-                changes.append(f"{end} bar {_iso(then)} -> {_iso(now)}")
+                changes.append(f"{end} bar {format_ms(then)} -> {format_ms(now)}")
     before = record.get("arrays_sha256") or {}
     differ = [name for name, sha in array_hashes(data).items() if before.get(name) not in (None, sha)]
     if differ:
         changes.append("values of " + ", ".join(differ) + " changed")
     return changes or ["symbols, timeframe or feature names changed"]
-
-
-def _iso(ms: Any) -> str:
-    if ms is None:
-        return "none"
-    return dt.datetime.fromtimestamp(int(ms) / 1000, tz=dt.UTC).isoformat(timespec="minutes")
 
 
 # ----------------------------------------------------------------------------------------------

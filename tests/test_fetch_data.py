@@ -18,10 +18,10 @@ from fetch_data import (
     InvalidCandleError,
     RetryPolicy,
     fetch_range,
-    iso_utc,
     parse_time_ms,
     validate_candles,
 )
+from settings import format_ms
 
 FAST = RetryPolicy(max_retries=12, base_delay_s=0.05, max_delay_s=0.5)  # 9 faults may hit one page
 PAIRS = ["BTC/USDT", "ETH/USDT"]
@@ -323,7 +323,7 @@ def test_persistent_empty_pages_fail_the_pair_naming_the_missing_span(engine, sy
     result = results[0]
     assert result.status == "failed" and not result.permanent
     missing_from = JAN1_2021 + 2000 * H
-    span = f"missing 2000 candle(s) from {iso_utc(missing_from)} to {iso_utc(JAN1_2021 + SPAN_MS)}"
+    span = f"missing 2000 candle(s) from {format_ms(missing_from)} to {format_ms(JAN1_2021 + SPAN_MS)}"
     assert span in result.error
     assert data_fetch_job.exit_code(results) == 1
     run = db.fetch_runs(engine).query("exchange == 't_empty2'").iloc[0]
