@@ -44,7 +44,6 @@ What the report holds, and where each number lives in metrics.json:
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 import html
 import io
@@ -59,6 +58,7 @@ import numpy as np
 
 import metrics
 import significance
+from settings import format_ms
 
 DEFAULT_BENCHMARK = "equal_weight_rebalanced"
 MIN_ANNUALIZE_DAYS = 90.0  # below this, compounded annual figures are not shown
@@ -174,7 +174,7 @@ def header(
     return {
         "title_notes": {k: str(v) for k, v in notes.items() if k not in ("run", "portfolio")},
         "data_source": data_source or "not recorded",
-        "range": f"{_iso(times[0])} .. {_iso(times[-1] + bar_ms)} UTC",
+        "range": f"{format_ms(times[0])} .. {format_ms(times[-1] + bar_ms)} UTC",
         "first_open_time_ms": int(times[0]),
         "last_open_time_ms": int(times[-1]),
         "bars": int(times.size),
@@ -192,10 +192,6 @@ def header(
         "bars_sha256": bars_hash(times, close),
         "costs": describe_costs(notes.get("portfolio")),
     }
-
-
-def _iso(ms: float) -> str:
-    return dt.datetime.fromtimestamp(int(ms) / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M")
 
 
 # -------------------------------------------------------------------------------- numbers
@@ -244,9 +240,9 @@ def drawdown_rows(curve: Curve, periods: float, top: int = TOP_DRAWDOWNS) -> lis
         recovered = p["recovery"] is not None
         rows.append(
             {
-                "start": _iso(close_ms(p["peak"])),
-                "trough": _iso(close_ms(p["trough"])),
-                "recovery": _iso(close_ms(p["recovery"])) if recovered else NOT_RECOVERED,
+                "start": format_ms(close_ms(p["peak"])),
+                "trough": format_ms(close_ms(p["trough"])),
+                "recovery": format_ms(close_ms(p["recovery"])) if recovered else NOT_RECOVERED,
                 "start_ms": close_ms(p["peak"]),
                 "trough_ms": close_ms(p["trough"]),
                 "recovery_ms": close_ms(p["recovery"]) if recovered else None,
