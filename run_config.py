@@ -6,7 +6,8 @@ Where each thing lives (one place each):
   ``resources``, ``validation`` and ``tune`` (code never repeats them: `default_config` reads the
   file), and ``SequentialTradingEnv.ENV_DEFAULTS`` for ``env`` (the env is usable without any YAML;
   ``configs/env.yaml`` documents the same values and a test checks that they agree).
-- **Rules**: `TRAIN_SCHEMA` and `ENV_SCHEMA` below, one `Rule` (type, range or choices) per key, and
+- **Rules**: `TRAIN_SCHEMA` below and `env_config.ENV_SCHEMA`, one `config_rules.Rule` (type, range
+  or choices) per key, and
   the cross-field rules of `validate_config` (``ppo.minibatch_size <= ppo.train_batch_size``, split
   dates, rule parameters, Tune's search space). ``tests/test_run_config.py`` checks that the schema
   and the YAML files name exactly the same keys, that every YAML key carries a comment and that
@@ -19,14 +20,27 @@ before anything is written or Ray starts (``Train.py`` exits with code 2).
 from __future__ import annotations
 
 import copy
-import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+import config_rules
+import env_config
+from config_rules import (  # noqa: F401  (get_path re-exported: callers say run_config.get_path)
+    Rule,
+    _is_int,
+    _is_number,
+    anything,
+    boolean,
+    get_path,
+    integer,
+    layer_sizes,
+    number,
+    one_of,
+)
+from env_config import ENV_SCHEMA
 from settings import CONFIG_DIR, ConfigError, check_keys, load_yaml, merge, parse_time_ms, yaml_problem
 
 DEFAULT_CONFIG = CONFIG_DIR / "train.yaml"
@@ -41,131 +55,8 @@ TUNE_SAMPLERS = ("loguniform", "uniform", "choice")
 
 
 # ----------------------------------------------------------------------------------------------
-# Rules
+# Rules (config_rules.Rule; the env's own are env_config.ENV_SCHEMA, beside its defaults)
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Rule:
-    """What one key accepts: ``allowed`` says it in words (it ends up in the error message)."""
-
-    allowed: str
-    accepts: Callable[[Any], bool]
-
-    def check(self, key: str, value: Any) -> None:
-        if self.accepts(value):
-            return
-        hint = ""
-        if isinstance(value, str):
-            try:
-                float(value)
-                hint = " (YAML 1.1 reads exponents without a dot, such as 1e-4, as text: write 1.0e-4)"
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} = {value!r} is not allowed: it must be {self.allowed}{hint}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _or_null(rule: Rule, null: str | None) -> Rule:
-    if null is None:
-        return rule
-    return Rule(f"{rule.allowed}, or null ({null})", lambda v: v is None or rule.accepts(v))
-
-
-def integer(low: int | None = None, high: int | None = None, *, null: str | None = None) -> Rule:
-    """An integer in [low, high]; ``null`` (its meaning) also allows null."""
-    words = "an integer" + (f" >= {low}" if low is not None else "")
-    words += f" <= {high}" if high is not None else ""
-    rule = Rule(words, lambda v: _is_int(v) and (low is None or v >= low) and (high is None or v <= high))
-    return _or_null(rule, null)
-
-
-def number(
-    low: float | None = None,
-    high: float | None = None,
-    *,
-    low_open: bool = False,
-    high_open: bool = False,
-    null: str | None = None,
-) -> Rule:
-    """A finite number within the bounds (``*_open``: that bound excluded)."""
-    if low is not None and high is not None:
-        words = f"a finite number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    elif low is not None:
-        words = f"a finite number {'>' if low_open else '>='} {low:g}"
-    elif high is not None:
-        words = f"a finite number {'<' if high_open else '<='} {high:g}"
-    else:
-        words = "a finite number"
-
-    def accepts(v: Any) -> bool:
-        if not _is_number(v):
-            return False
-        if low is not None and (v <= low if low_open else v < low):
-            return False
-        return not (high is not None and (v >= high if high_open else v > high))
-
-    return _or_null(Rule(words, accepts), null)
-
-
-def boolean() -> Rule:
-    return Rule("true or false", lambda v: isinstance(v, bool))
-
-
-def one_of(*choices: Any, null: str | None = None) -> Rule:
-    return _or_null(Rule(f"one of {list(choices)}", lambda v: isinstance(v, str) and v in choices), null)
-
-
-def text(null: str | None = None) -> Rule:
-    return _or_null(Rule("a non-empty string", lambda v: isinstance(v, str) and bool(v)), null)
-
-
-def layer_sizes() -> Rule:
-    return Rule(
-        "a non-empty list of positive layer sizes such as [64, 64]",
-        lambda v: isinstance(v, list) and bool(v) and all(_is_int(h) and h > 0 for h in v),
-    )
-
-
-def names(null: str | None = None) -> Rule:
-    return _or_null(
-        Rule("a list of names", lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v)), null
-    )
-
-
-def mapping(value_rule: Rule) -> Rule:
-    return Rule(
-        f"a mapping of names to {value_rule.allowed}",
-        lambda v: isinstance(v, dict)
-        and all(isinstance(k, str) and value_rule.accepts(x) for k, x in v.items()),
-    )
-
-
-def per_pair(low: float = 0.0) -> Rule:
-    """Portfolio's exchange rules: off, one number for every pair, or {symbol: number}."""
-    one = number(low)
-    return Rule(
-        f"null (off), {one.allowed} for every pair, or a mapping of symbols to such numbers",
-        lambda v: v is None or one.accepts(v) or mapping(one).accepts(v),
-    )
-
-
-def anything(allowed: str) -> Rule:
-    """Keys checked elsewhere (by their own validator, named in ``allowed``)."""
-    return Rule(allowed, lambda v: True)
-
-
-def _rule_names() -> tuple[str, ...]:
-    import specialists
-
-    return ("learned", *sorted(specialists.RULES))
 
 
 # One rule per key of configs/train.yaml (its env section aside); keep both in step (a test checks).
@@ -218,61 +109,6 @@ TRAIN_SCHEMA: dict[str, Rule] = {
     ),
 }
 
-_RULE_CHOICE = Rule(
-    "'learned' or a rule specialist's name (specialists.RULES)",
-    lambda v: isinstance(v, str) and v in _rule_names(),
-)
-
-# One rule per key of SequentialTradingEnv.ENV_DEFAULTS (= configs/env.yaml), prefixed ``env.``.
-ENV_SCHEMA: dict[str, Rule] = {
-    "env.episode_length": integer(1),
-    "env.window": integer(1),
-    "env.features": names(null="every data feature but exclude_features"),
-    "env.exclude_features": names(),
-    "env.normalization.method": one_of("rolling", "expanding", "none"),
-    "env.normalization.window": integer(2, null="only for expanding or none"),
-    "env.normalization.min_periods": integer(2),
-    "env.normalization.clip": number(1),
-    "env.specialists.default": _RULE_CHOICE,
-    "env.specialists.pairs": mapping(_RULE_CHOICE),
-    "env.rules.rsi.lower": number(0, 100),
-    "env.rules.rsi.upper": number(0, 100),
-    "env.rules.bollinger.lower": number(),
-    "env.rules.bollinger.upper": number(),
-    "env.rules.ma_trend.fast": integer(1),
-    "env.rules.ma_trend.slow": integer(2),
-    "env.rules.signal.threshold": number(0),
-    "env.rules.signal.feature": text(),
-    "env.meta.logit_limit": number(0, low_open=True),
-    "env.meta.max_pair_weight": number(0, 1, low_open=True),
-    "env.meta.min_cash_weight": number(0, 1, high_open=True),
-    "env.meta.rebalance_band": number(0, 1, high_open=True),
-    "env.rewards.scale": number(0, low_open=True),
-    "env.rewards.meta.log_return": number(),
-    "env.rewards.meta.return": number(),
-    "env.rewards.meta.risk": number(),
-    "env.rewards.meta.cost": number(),
-    "env.rewards.specialist.return": number(),
-    "env.rewards.specialist.risk": number(),
-    "env.rewards.specialist.cost": number(),
-    "env.rewards.specialist.call": number(),
-    "env.rewards.specialist.call_cost_bps": number(0.0),
-    "env.rewards.ruin_penalty": number(0),
-    "env.ruin_fraction": number(0, 1, high_open=True),
-    "env.portfolio.initial_cash": number(0, low_open=True),
-    "env.portfolio.fee_rate": number(0, 1, high_open=True),
-    "env.portfolio.slippage_bps": number(0, 10_000, high_open=True),
-    "env.portfolio.impact_bps": number(0),
-    "env.portfolio.impact_exponent": number(0, low_open=True),
-    "env.portfolio.max_slippage_bps": number(0, 10_000, high_open=True),
-    "env.portfolio.weight_tol": number(0, 0.01),
-    "env.portfolio.lot_step": per_pair(),
-    "env.portfolio.min_qty": per_pair(),
-    "env.portfolio.min_notional": per_pair(),
-    "env.portfolio.use_market_rules": boolean(),
-    "env.portfolio.record_fills": boolean(),
-}
-
 SCHEMA: dict[str, Rule] = {**TRAIN_SCHEMA, **ENV_SCHEMA}
 
 
@@ -296,13 +132,8 @@ FREE_MAPPINGS = frozenset(
 
 
 def check_schema(cfg: Mapping[str, Any], schema: Mapping[str, Rule] = SCHEMA) -> None:
-    """Check every key of ``schema`` present in ``cfg`` against its rule (types, ranges, choices)."""
-    for key, rule in schema.items():
-        try:
-            value = get_path(cfg, key)
-        except (KeyError, TypeError):
-            continue  # missing sections are completed from the defaults; unknown keys fail in merge
-        rule.check(key, value)
+    """`config_rules.check_schema` against the whole training schema by default."""
+    config_rules.check_schema(cfg, schema)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,13 +156,6 @@ def set_path(cfg: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
         else:
             node = node[key]
     return out
-
-
-def get_path(cfg: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = cfg
-    for key in dotted.split("."):
-        node = node[key]
-    return node
 
 
 def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
@@ -511,8 +335,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def resolve_env_config(env_cfg: dict[str, Any]) -> dict[str, Any]:
     """The env's own validation and defaults (`env_config.resolve_config`)."""
-    import env_config
-
     if not isinstance(env_cfg, dict):
         raise ConfigError(f"env must be a mapping of env settings, got {env_cfg!r}")
     return env_config.resolve_config(env_cfg)

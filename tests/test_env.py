@@ -62,8 +62,10 @@ def test_unknown_and_bad_keys_are_clear_errors():
         S.raw_env(data=small_market(), episode_lenght=10)
     with pytest.raises(ConfigError, match="max_pair_weight"):
         S.raw_env(data=small_market(), meta={"max_pair_weight": 0.0})
-    with pytest.raises(ConfigError, match="unknown rule"):
+    with pytest.raises(ConfigError, match="specialists.default = 'astrology'.*rule specialist"):
         S.raw_env(data=small_market(), specialists={"default": "astrology"})
+    with pytest.raises(ConfigError, match=r"method = 'expanding'.*one of \['rolling', 'none'\]"):
+        S.raw_env(data=small_market(), normalization={"method": "expanding"})
     with pytest.raises(ConfigError, match="unknown pair"):
         S.raw_env(data=small_market(), specialists={"pairs": {"DOGE": "rsi"}})
     with pytest.raises(ConfigError, match="mode"):
