@@ -45,17 +45,9 @@ KEY, SECRET = "bench-key", "bench-secret"
 
 
 def write_candles(folder: Path, bars: int = 1_000) -> None:
-    import pandas as pd
+    from binance.fake_exchange import SyntheticSource
 
-    from binance.fake_exchange import SyntheticSource, as_served
-    from binance.symbols import file_stem
-
-    source = SyntheticSource(PAIRS, "1h", bars=bars, seed=7)
-    for symbol in PAIRS:
-        series = source.series(symbol)
-        frame = pd.DataFrame(as_served(series.ohlcv), columns=["open", "high", "low", "close", "volume"])
-        frame.insert(0, "ts_ms", series.ts_ms)
-        frame.to_csv(folder / f"{file_stem(symbol)}.csv", index=False)
+    SyntheticSource(PAIRS, "1h", bars=bars, seed=7).write_csv(folder)
 
 
 def train(folder: Path, out: Path) -> Path:

@@ -53,6 +53,7 @@ import pandas as pd
 
 from binance.symbols import (
     BINANCE_INTERVALS,
+    file_stem,
     grid_offset_ms,
     market_id,
     parse_symbol,
@@ -225,6 +226,16 @@ class SyntheticSource:
             ts = self.start_ms + timeframe_ms(self.timeframe) * np.arange(self.bars, dtype=np.int64)
             self._cache[symbol] = Series(ts, np.column_stack([open_, high, low, close, volume]))
         return self._cache[symbol]
+
+    def write_csv(self, folder: str | Path) -> None:
+        """Every pair as ``<BASE>_<QUOTE>.csv`` (ts_ms, open, high, low, close, volume) at the precision
+        the fake exchange serves it (`as_served`): a csv source of this folder holds exactly the
+        candles the exchange returns."""
+        for symbol in self.symbols:
+            series = self.series(symbol)
+            frame = pd.DataFrame(as_served(series.ohlcv), columns=["open", "high", "low", "close", "volume"])
+            frame.insert(0, "ts_ms", series.ts_ms)
+            frame.to_csv(Path(folder) / f"{file_stem(symbol)}.csv", index=False)
 
 
 def aggregate(series: Series, source_tf: str, target_tf: str) -> Series:

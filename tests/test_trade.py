@@ -23,9 +23,8 @@ import pytest
 
 import trader
 import trading_store as store
-from binance.fake_exchange import FakeExchange, SyntheticSource, as_served
+from binance.fake_exchange import FakeExchange, SyntheticSource
 from binance.fake_orders import FakeAccount
-from binance.symbols import file_stem
 
 ROOT = Path(__file__).resolve().parents[1]
 H = 3_600_000
@@ -38,12 +37,7 @@ PARITY_BARS = 500
 def candles_dir(tmp_path_factory) -> Path:
     """1,000 synthetic 1h bars of three pairs from 2020-01-01, at the precision the fake serves them."""
     folder = tmp_path_factory.mktemp("trade_candles")
-    source = SyntheticSource(SYMBOLS, "1h", bars=1_000, seed=3)
-    for symbol in SYMBOLS:
-        series = source.series(symbol)
-        frame = pd.DataFrame(as_served(series.ohlcv), columns=["open", "high", "low", "close", "volume"])
-        frame.insert(0, "ts_ms", series.ts_ms)
-        frame.to_csv(folder / f"{file_stem(symbol)}.csv", index=False)
+    SyntheticSource(SYMBOLS, "1h", bars=1_000, seed=3).write_csv(folder)
     return folder
 
 
