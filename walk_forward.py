@@ -663,23 +663,9 @@ def curve_statistics(
     interval of Sharpe(agent) - Sharpe(benchmark); the agent's probabilistic and deflated Sharpe."""
     import significance
 
-    level = float(stats_cfg["confidence"])
-    boot = dict(level=level, n_boot=int(stats_cfg["bootstrap_samples"]), mean_block=stats_cfg["block_bars"],
-                seed=int(stats_cfg["seed"]))  # fmt: skip
-    returns = {name: metrics.simple_returns(rec.equity) for name, rec in records.items()}
-    out: dict[str, Any] = {}
-    for name, rec in records.items():
-        row = {k: (float(v) if math.isfinite(v) else None) for k, v in rec.metrics(periods).items()}
-        row["log_growth"] = float(np.log(rec.equity[-1] / rec.equity[0]))
-        row[interval_key("sharpe_ci", level)] = _pair(
-            significance.stationary_bootstrap_sharpe_ci(returns[name], periods, **boot)
-        )
-        if name != "agent":
-            row[interval_key("sharpe_diff_ci", level)] = _pair(
-                significance.sharpe_diff_ci(returns["agent"], returns[name], periods, **boot)
-            )
-        out[name] = row
-    agent = returns["agent"]
+    agent = metrics.simple_returns(records["agent"].equity)
+    out = {name: curve_row(rec, None if name == "agent" else agent, periods, stats_cfg)
+           for name, rec in records.items()}  # fmt: skip
     out["agent"]["probabilistic_sharpe"] = _finite(significance.probabilistic_sharpe_ratio(agent))
     out["agent"]["deflated_sharpe"] = _finite(
         significance.deflated_sharpe_ratio(agent, n_trials, trials_sharpe_variance)
@@ -687,6 +673,43 @@ def curve_statistics(
     out["agent"]["n_trials"] = int(n_trials)
     out["agent"]["trials_sharpe_variance"] = float(trials_sharpe_variance)
     return out
+
+
+def curve_row(
+    record: Any, agent_returns: np.ndarray | None, periods: float, stats_cfg: Mapping[str, Any]
+) -> dict[str, Any]:
+    """One curve's metrics, log growth and Sharpe interval; with ``agent_returns`` (same bars) also
+    the interval of Sharpe(agent) - Sharpe(this curve), resampled in pairs."""
+    import significance
+
+    level = float(stats_cfg["confidence"])
+    boot = dict(level=level, n_boot=int(stats_cfg["bootstrap_samples"]), mean_block=stats_cfg["block_bars"],
+                seed=int(stats_cfg["seed"]))  # fmt: skip
+    returns = metrics.simple_returns(record.equity)
+    row = {k: (float(v) if math.isfinite(v) else None) for k, v in record.metrics(periods).items()}
+    row["log_growth"] = float(np.log(record.equity[-1] / record.equity[0]))
+    row[interval_key("sharpe_ci", level)] = _pair(
+        significance.stationary_bootstrap_sharpe_ci(returns, periods, **boot)
+    )
+    if agent_returns is not None:
+        row[interval_key("sharpe_diff_ci", level)] = _pair(
+            significance.sharpe_diff_ci(agent_returns, returns, periods, **boot)
+        )
+    return row
+
+
+def exposure_matched_mix(market: MarketData, invested: float, portfolio_cfg: Mapping[str, Any]) -> Any:
+    """A DIAGNOSTIC, not a benchmark: ``invested`` (the agent's own average exposure) in equal weight
+    across the pairs and the rest in cash, rebalanced every bar, on the same bars and costs. It is
+    chosen after seeing the agent, so it answers one question only: is the agent's result more than
+    its average cash share? An agent that times the market or picks pairs beats it; one that holds a
+    near-static mix matches it (its smaller drawdown than the fully invested benchmarks is then the
+    cash, not a forecast)."""
+    from backtest import simulate_targets
+
+    n = market.n_pairs
+    mix = np.concatenate((np.full(n, invested / n), [1.0 - invested]))
+    return simulate_targets("exposure_matched_mix", market, np.tile(mix, (market.n_bars, 1)), portfolio_cfg)
 
 
 def _finite(value: float) -> float | None:
@@ -876,6 +899,15 @@ def write_report(
         fold_body.append(f"<tr>{cells}</tr>")
     warm = ", each fold's runs starting from the previous fold's weights (warm start)" if summary.get(
         "warm_start") else ", every run from random weights"  # fmt: skip
+    mix = summary.get("exposure_matched_mix")
+    mix_note = "" if mix is None else (
+        f"<p><b>Diagnostic, not a benchmark</b>: {100 * mix['invested']:.0f}% invested (the agent's own "
+        f"average exposure) in equal weight, the rest in cash, rebalanced every bar with the same costs: "
+        f"log growth {mix['log_growth']:.3f}, Sharpe {fmt('sharpe', mix['sharpe'])} "
+        f"{interval(mix[ci])}, maximum drawdown {fmt('max_drawdown', mix['max_drawdown'])}; Sharpe "
+        f"difference agent &minus; mix {interval(mix[diff])}. Chosen after seeing the agent, it asks one "
+        f"question: is the agent's result more than its cash share?</p>"
+    )  # fmt: skip
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1300px}}
@@ -897,6 +929,7 @@ deflated Sharpe ratio {fmt("sharpe", agent["deflated_sharpe"])} over <b>n_trials
 (configurations tried &times; seeds). Intervals: stationary bootstrap ({summary["bootstrap_samples"]} draws,
 percentile, paired for differences), {round(100 * level)}% two-sided. An interval that contains 0 is no
 evidence of a difference.</p>
+{mix_note}
 <h2>Per fold</h2>
 <table><tr>{fold_head}</tr>{"".join(fold_body)}</table>
 </body></html>
@@ -1027,6 +1060,10 @@ def run_walk_forward(
     periods = metrics.periods_per_year(data.timeframe)
     variance = trials_variance(trials, len(chain.record.equity) - 1)
     curves = curve_statistics(records, periods, stats_cfg, n_trials, variance)
+    invested = float(curves["agent"]["exposure"])
+    mix = exposure_matched_mix(market, invested, portfolio_cfg)
+    diagnostic = {"invested": invested, **curve_row(mix, metrics.simple_returns(chain.record.equity), periods,
+                                                    stats_cfg)}  # fmt: skip
     fold_info = [{"seeds": " ".join(map(str, seeds)),
                   "decision": "mean" if cfg["seeds"]["combine"] == "mean" else f"seed {i['selected_seed']}",
                   "validation_scores": i["validation_scores"],
@@ -1052,6 +1089,7 @@ def run_walk_forward(
             r.name: float(np.log(r.equity[-1] / r.equity[0])) for r in trials if r.name != "agent"
         },
         "curves": curves,
+        "exposure_matched_mix": diagnostic,
     }
     from performance import write_equity_csv
 
@@ -1100,17 +1138,24 @@ def format_summary(result: WalkForwardResult) -> str:
         f"{'curve':<26}{'log growth':>11}{'Sharpe':>8}{'Sharpe CI':>18}{'diff CI (agent-x)':>20}"
         f"{'max DD':>9}{'beaten':>8}"
     ]
+    def pair(p: Any) -> str:
+        return "" if not p or p[0] is None else f"[{p[0]:.2f}, {p[1]:.2f}]"
+
     for name, row in s["curves"].items():
-
-        def pair(p: Any) -> str:
-            return "" if not p or p[0] is None else f"[{p[0]:.2f}, {p[1]:.2f}]"
-
         sharpe = row["sharpe"]
         share = s["agent_beats_share"].get(name)
         lines.append(
             f"{name:<26}{row['log_growth']:>11.3f}{'n/a' if sharpe is None else f'{sharpe:.2f}':>8}"
             f"{pair(row[ci]):>18}{pair(row.get(diff)):>20}{100 * row['max_drawdown']:>8.1f}%"
             f"{'' if share is None else f'{100 * share:.0f}%':>8}"
+        )
+    mix = s.get("exposure_matched_mix")
+    if mix is not None:
+        sharpe = "n/a" if mix["sharpe"] is None else f"{mix['sharpe']:.2f}"
+        lines.append(
+            f"{'exposure-matched mix':<26}{mix['log_growth']:>11.3f}{sharpe:>8}{pair(mix[ci]):>18}"
+            f"{pair(mix[diff]):>20}{100 * mix['max_drawdown']:>8.1f}%   (diagnostic: "
+            f"{100 * mix['invested']:.0f}% invested, the agent's average)"
         )
     agent = s["curves"]["agent"]
     lines.append(

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 import folds
+import metrics
 import synthetic
 import walk_forward as wf
 from market_arrays import MarketData
@@ -345,6 +346,32 @@ def test_statistics_wiring_on_a_chained_account(chain_market):
     assert same["copy"]["sharpe_diff_ci_90"] == [0.0, 0.0]
 
 
+def test_exposure_matched_mix_tells_timing_from_a_cash_share(chain_market):
+    """The diagnostic mix at the agent's own exposure: an agent that IS a constant mix (every pair in
+    equal weight, every bar) is matched by it, a difference interval around 0; an agent that times the
+    planted signal beats it."""
+    plan = folds.plan_folds(CHAIN_PLAN)
+    market, _ = wf.stitched_market(chain_market, plan)
+    stats_cfg = {"confidence": 0.95, "bootstrap_samples": 300, "block_bars": None, "seed": 1}
+    rows = {}
+    for label, threshold in (("constant", -np.inf), ("timing", 0.5)):
+        policies = [SignalPolicy(chain_market, threshold)] * len(plan)
+        chain = wf.chain_folds(policies, chain_market, plan, PORTFOLIO)
+        invested = chain.record.metrics(8760.0)["exposure"]
+        mix = wf.exposure_matched_mix(market, invested, PORTFOLIO)
+        np.testing.assert_array_equal(mix.open_time_ms, chain.record.open_time_ms)
+        np.testing.assert_allclose(mix.weights_after[1:, :-1].sum(axis=1), invested, atol=2e-3)
+        agent_returns = metrics.simple_returns(chain.record.equity)
+        rows[label] = (chain.record, wf.curve_row(mix, agent_returns, 8760.0, stats_cfg))
+    agent, mix = rows["constant"]
+    assert mix["log_growth"] == pytest.approx(np.log(agent.equity[-1] / agent.equity[0]), abs=1e-3)
+    lo, hi = mix["sharpe_diff_ci_95"]
+    assert lo <= 0.0 <= hi and hi - lo < 0.05
+    agent, mix = rows["timing"]  # three weeks of bars: a wide interval, but clearly more growth
+    assert np.log(agent.equity[-1] / agent.equity[0]) > mix["log_growth"] + 0.1
+    assert metrics.sharpe(metrics.simple_returns(agent.equity), 8760.0) > mix["sharpe"]
+
+
 # ---------------------------------------------------------------------------------------------
 # End to end: the CLI with real (tiny) training as Ray tasks
 # ---------------------------------------------------------------------------------------------
@@ -448,7 +475,12 @@ def test_warm_started_smoke_walk_forward_starts_each_fold_from_the_previous(tmp_
     wf_dir = tmp_path / "logs" / "warm" / "walk_forward"
     progress = (wf_dir / "fold_1" / "seed_0" / "progress.log").read_text()
     assert f"from {saved / 'fold_0' / 'seed_0'}: starting iteration 0" in progress
-    assert json.loads((wf_dir / "metrics.json").read_text())["warm_start"] is True
+    summary = json.loads((wf_dir / "metrics.json").read_text())
+    assert summary["warm_start"] is True
+    # The diagnostic mix at the agent's own exposure is in metrics.json and the report.
+    mix = summary["exposure_matched_mix"]
+    assert mix["invested"] == summary["curves"]["agent"]["exposure"] and len(mix["sharpe_diff_ci_95"]) == 2
+    assert "Diagnostic, not a benchmark" in (wf_dir / "report.html").read_text()
     rows = (wf_dir / "folds.csv").read_text().splitlines()
     column = rows[0].split(",").index("warm_start")
     assert [r.split(",")[column] for r in rows[1:]] == ["False", "True"]
