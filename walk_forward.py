@@ -409,8 +409,9 @@ def run_units(
             print(f"FAILED {unit.name}: {exc}", flush=True)
             continue
         r = results[unit.name]
+        warm = f" (started from {r['warm_from']})" if r.get("warm_from") else ""
         print(
-            f"done {unit.name}: {r['iterations']} iterations in {r['seconds']} s, best validation "
+            f"done {unit.name}{warm}: {r['iterations']} iterations in {r['seconds']} s, best validation "
             f"{r['validation_metric']} {r['best_validation_score']}",
             flush=True,
         )
