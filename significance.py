@@ -147,7 +147,9 @@ def percentile_interval(draws: np.ndarray, level: float = 0.95) -> tuple[float, 
     finite = d[np.isfinite(d)]
     if finite.size == 0 or finite.size < d.size // 2:
         return math.nan, math.nan
-    tail = 100.0 * (1.0 - level) / 2.0
+    # 1 - 0.95 is 0.050000000000000044 in binary: rounded, a 95% interval asks for exactly the 2.5th
+    # and 97.5th percentiles (as the reference implementations do).
+    tail = round(100.0 * (1.0 - level) / 2.0, 9)
     low, high = np.percentile(finite, [tail, 100.0 - tail])
     return float(low), float(high)
 

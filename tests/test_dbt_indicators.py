@@ -137,7 +137,10 @@ def test_numpy_twin_equals_dbt_and_non_talib_columns(batched_and_full):
                 np.testing.assert_allclose(ours[name], table, rtol=2e-15, atol=0.0, err_msg=name)
             elif name in ROLLING_RATIOS:  # measured: 9.2e-14 absolute at worst (%b)
                 np.testing.assert_allclose(ours[name], table, rtol=0.0, atol=2e-13, err_msg=name)
-            else:  # the recursions, the close and the log return: bit for bit
+            elif name == "log_return":  # numpy's own vectorized log (AVX-512 CPUs) and the C library's
+                # log that PostgreSQL calls may differ in the last bit: measured 1 ulp in 4% of the bars
+                np.testing.assert_array_max_ulp(ours[name][1:], table[1:], maxulp=1)
+            else:  # the recursions and the close: bit for bit
                 np.testing.assert_array_equal(ours[name], table, err_msg=name)
         # the non-TA-Lib columns against pandas, per segment
         for segment in _segments(rows):
