@@ -126,7 +126,7 @@ def test_coverage_names_the_fix():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_default_config_resolves_with_its_training_part():
+def test_default_config_resolves_with_its_training_part(shared_1h):  # its source is ../shared/data
     cfg = wf.load_config(None, ["train.ppo.lr=1e-4", "seeds.values=[3]", "budget.iterations=5"])
     train = wf.training_config(cfg)
     assert train["ppo"]["lr"] == pytest.approx(1e-4)
